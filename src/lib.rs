@@ -11,6 +11,7 @@ pub mod creds;
 pub mod dump;
 pub mod encoding;
 pub mod error;
+pub mod hashing;
 pub mod json;
 pub mod nar;
 pub mod narinfo;
