@@ -213,13 +213,15 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
                 }
                 paths.push(PathBuf::from(v));
             }
-            Value(v) => return Err(usage(
-                topic,
-                format!(
+            Value(v) => {
+                return Err(usage(
+                    topic,
+                    format!(
                     "unexpected argument '{}': retry takes no paths (it pushes the pending list)",
                     v.to_string_lossy()
                 ),
-            )),
+                ))
+            }
             _ => return Err(usage(topic, arg.unexpected())),
         }
     }
