@@ -96,6 +96,12 @@ impl PendingList {
         if paths.is_empty() {
             return Ok(());
         }
+        if let Some(bad) = paths.iter().find(|p| p.contains(['\n', '\r'])) {
+            return Err(Error::Other(format!(
+                "store path {bad:?} contains a line break; it was NOT recorded in {}",
+                self.path().display()
+            )));
+        }
         self.append_inner(&paths).map_err(|e| Error::Io {
             context: format!(
                 "could not record {} store path(s) to push later in {} (they were NOT recorded; \
@@ -277,6 +283,18 @@ mod tests {
             .unwrap();
         assert_eq!(list.load().unwrap(), Vec::<String>::new());
         std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn line_breaks_in_paths_are_refused() {
+        let dir = tmpdir("linebreak");
+        let list = PendingList::open(&dir).unwrap();
+        let e = list
+            .append(&[p("/nix/store/a"), p("/nix/store/b\n/nix/store/c")])
+            .unwrap_err();
+        assert!(e.to_string().contains("NOT recorded"), "{e}");
+        assert_eq!(list.load().unwrap(), Vec::<String>::new());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
