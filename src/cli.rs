@@ -351,32 +351,35 @@ post-build-hook), pushes the outputs of that build. PATH may be a store
 path or a symlink into the store such as ./result.
 
 OPTIONS:
-    --to URL                   cache to push to: s3://BUCKET?region=R&endpoint=HOST
-                               &profile=P, or file:///DIR            [NARPUSH_TO]
-    --key-file FILE            secret signing key (NAME:BASE64); repeatable
-                                                              [NARPUSH_KEY_FILE, colon-separated]
-    --credentials-file FILE    AWS credentials file  [NARPUSH_CREDENTIALS_FILE;
-                               default ~/.aws/credentials]
-    --compression ALGO         zstd, xz or none (default zstd)  [NARPUSH_COMPRESSION]
-    --compression-level N      zstd 1..=22, xz 0..=9  [NARPUSH_COMPRESSION_LEVEL]
-    --jobs N                   parallel uploads (default min(4, cores), at least 2)
-                                                              [NARPUSH_JOBS]
-    --upstream-key NAME        skip paths signed by this key; repeatable
-                               (default cache.nixos.org-1)
-    --no-deps                  push only the named paths
-    --closure                  push the whole closure, even paths already upstream
-                               (default: also push references missing from the cache)
-    --strict                   fail instead of recording failures for later
-                                                              [NARPUSH_STRICT]
-    -q, --quiet                print errors only
-    -v, --verbose              print each step
-    --config FILE              config file (default $NARPUSH_CONFIG, else
-                               /etc/narpush.toml if it exists)
-    --state-dir DIR            where the pending list lives  [NARPUSH_STATE_DIR;
-                               default /var/lib/narpush as root, else
-                               $XDG_STATE_HOME/narpush or ~/.local/state/narpush]
-    -h, --help                 show this help
-    -V, --version              show the version
+    --to URL                 cache: s3://BUCKET?region=R&endpoint=HOST&profile=P
+                             or file:///DIR                      [NARPUSH_TO]
+    --key-file FILE          secret signing key (NAME:BASE64); repeatable
+                             [NARPUSH_KEY_FILE, colon-separated list]
+    --credentials-file FILE  AWS credentials file for s3:// caches
+                                                   [NARPUSH_CREDENTIALS_FILE]
+    --compression ALGO       zstd, xz or none (default zstd)
+                                                        [NARPUSH_COMPRESSION]
+    --compression-level N    zstd 1..=22, xz 0..=9 (default: the algorithm's)
+                                                  [NARPUSH_COMPRESSION_LEVEL]
+    --jobs N                 parallel uploads, 1..=1024
+                             (default min(4, cores), at least 2)  [NARPUSH_JOBS]
+    --upstream-key NAME      paths signed by this key are not pushed;
+                             repeatable (default cache.nixos.org-1)
+    --no-deps                push only the given paths
+    --closure                push the whole closure, even paths already upstream
+                             (default: also push references missing from the
+                             cache and not signed by an upstream key)
+    --strict                 fail instead of recording failures for later
+                                                             [NARPUSH_STRICT]
+    -q, --quiet              print errors only
+    -v, --verbose            print each step
+    --config FILE            config file (default $NARPUSH_CONFIG, else
+                             /etc/narpush.toml if it exists)
+    --state-dir DIR          where the pending list lives  [NARPUSH_STATE_DIR]
+                             (default /var/lib/narpush as root, else
+                             $XDG_STATE_HOME/narpush or ~/.local/state/narpush)
+    -h, --help               show this help
+    -V, --version            show the version
 
 Precedence: command line, then environment, then config file, then defaults.
 Config file keys are the long option names: to = \"...\", key-file = [\"...\"],
