@@ -1,1 +1,686 @@
-//! (being written)
+//! The command line, and nothing else: a lexopt loop over an iterator of arguments
+//! into raw [`Args`], plus the hand-written help texts. No environment variables,
+//! no files, no defaults beyond "not given": `config::resolve` turns these raw
+//! values, the environment and the config file into a validated `Config`.
+//!
+//! Numbers are parsed here (so the error can name the option); everything that can
+//! also come from the environment or the config file (compression names, ranges,
+//! conflicts with file values) is validated once, in `config`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+
+/// Which help text to show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topic {
+    General,
+    Push,
+    Retry,
+    Keygen,
+    Help,
+}
+
+impl Topic {
+    fn name(self) -> &'static str {
+        match self {
+            Topic::General => "",
+            Topic::Push => "push",
+            Topic::Retry => "retry",
+            Topic::Keygen => "keygen",
+            Topic::Help => "help",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Topic> {
+        Some(match name {
+            "push" => Topic::Push,
+            "retry" => Topic::Retry,
+            "keygen" => Topic::Keygen,
+            "help" => Topic::Help,
+            _ => return None,
+        })
+    }
+}
+
+/// The subcommand as written on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawCommand {
+    /// `push [PATH...]`; no paths means hook mode or an error, decided in `config`.
+    Push { paths: Vec<PathBuf> },
+    /// `retry`: push the pending list.
+    Retry,
+    /// `keygen NAME [--out PREFIX]`.
+    Keygen { name: String, out: Option<PathBuf> },
+    /// `help [CMD]`, `--help`, `-h`.
+    Help(Topic),
+    /// `--version`, `-V`.
+    Version,
+}
+
+/// Raw values from the command line: `None`/empty/`false` means "not given".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub command: RawCommand,
+    pub to: Option<String>,
+    pub key_files: Vec<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+    pub compression: Option<String>,
+    pub compression_level: Option<i32>,
+    pub jobs: Option<usize>,
+    pub upstream_keys: Vec<String>,
+    pub no_deps: bool,
+    pub closure: bool,
+    pub strict: bool,
+    pub quiet: bool,
+    pub verbose: bool,
+    pub config: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+}
+
+impl Args {
+    fn new(command: RawCommand) -> Args {
+        Args {
+            command,
+            to: None,
+            key_files: Vec::new(),
+            credentials_file: None,
+            compression: None,
+            compression_level: None,
+            jobs: None,
+            upstream_keys: Vec::new(),
+            no_deps: false,
+            closure: false,
+            strict: false,
+            quiet: false,
+            verbose: false,
+            config: None,
+            state_dir: None,
+        }
+    }
+}
+
+/// Parse the arguments that follow the program name
+/// (`parse_args(std::env::args_os().skip(1))`).
+///
+/// The subcommand is `push` unless the first argument is `push`, `retry`, `keygen`
+/// or `help`; so `narpush` alone (how Nix runs a `post-build-hook`),
+/// `narpush ./result` and `narpush --to URL ./result` all push.
+pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let first = args.first().and_then(|a| a.to_str()).map(str::to_owned);
+    let topic = match first.as_deref() {
+        Some("-h" | "--help") if args.len() == 1 => {
+            return Ok(Args::new(RawCommand::Help(Topic::General)))
+        }
+        Some("-V" | "--version") => return Ok(Args::new(RawCommand::Version)),
+        Some(name) => match Topic::from_name(name) {
+            Some(topic) => {
+                args.remove(0);
+                topic
+            }
+            None => Topic::Push,
+        },
+        None => Topic::Push,
+    };
+    let mut parser = lexopt::Parser::from_args(args);
+    match topic {
+        Topic::Push | Topic::Retry => parse_push(&mut parser, topic),
+        Topic::Keygen => parse_keygen(&mut parser),
+        Topic::Help | Topic::General => parse_help(&mut parser),
+    }
+}
+
+fn usage(topic: Topic, msg: impl std::fmt::Display) -> Error {
+    match topic {
+        Topic::General => Error::Usage(format!("{msg}; see 'narpush --help'")),
+        t => Error::Usage(format!("{msg}; see 'narpush {} --help'", t.name())),
+    }
+}
+
+fn lexopt_err(topic: Topic) -> impl Fn(lexopt::Error) -> Error {
+    move |e| usage(topic, e)
+}
+
+fn string_value(parser: &mut lexopt::Parser, topic: Topic, option: &str) -> Result<String> {
+    let v = parser.value().map_err(lexopt_err(topic))?;
+    let s = v.into_string().map_err(|v| {
+        usage(
+            topic,
+            format!("{option} {}: not valid UTF-8", v.to_string_lossy()),
+        )
+    })?;
+    if s.is_empty() {
+        return Err(usage(topic, format!("{option} needs a non-empty value")));
+    }
+    Ok(s)
+}
+
+fn path_value(parser: &mut lexopt::Parser, topic: Topic, option: &str) -> Result<PathBuf> {
+    let v = parser.value().map_err(lexopt_err(topic))?;
+    if v.is_empty() {
+        return Err(usage(topic, format!("{option} needs a non-empty path")));
+    }
+    Ok(PathBuf::from(v))
+}
+
+fn number_value<T: std::str::FromStr>(
+    parser: &mut lexopt::Parser,
+    topic: Topic,
+    option: &str,
+) -> Result<T> {
+    let s = string_value(parser, topic, option)?;
+    s.trim()
+        .parse()
+        .map_err(|_| usage(topic, format!("{option} {s}: not a whole number")))
+}
+
+fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
+    use lexopt::prelude::*;
+    let mut a = Args::new(RawCommand::Retry);
+    let mut paths = Vec::new();
+    while let Some(arg) = parser.next().map_err(lexopt_err(topic))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Args::new(RawCommand::Help(topic))),
+            Short('V') | Long("version") => return Ok(Args::new(RawCommand::Version)),
+            Long("to") => a.to = Some(string_value(parser, topic, "--to")?),
+            Long("key-file") => a.key_files.push(path_value(parser, topic, "--key-file")?),
+            Long("credentials-file") => {
+                a.credentials_file = Some(path_value(parser, topic, "--credentials-file")?)
+            }
+            Long("compression") => {
+                a.compression = Some(string_value(parser, topic, "--compression")?)
+            }
+            Long("compression-level") => {
+                a.compression_level = Some(number_value(parser, topic, "--compression-level")?)
+            }
+            Long("jobs") => a.jobs = Some(number_value(parser, topic, "--jobs")?),
+            Long("upstream-key") => {
+                a.upstream_keys
+                    .push(string_value(parser, topic, "--upstream-key")?)
+            }
+            Long("no-deps") => a.no_deps = true,
+            Long("closure") => a.closure = true,
+            Long("strict") => a.strict = true,
+            Short('q') | Long("quiet") => a.quiet = true,
+            Short('v') | Long("verbose") => a.verbose = true,
+            Long("config") => a.config = Some(path_value(parser, topic, "--config")?),
+            Long("state-dir") => a.state_dir = Some(path_value(parser, topic, "--state-dir")?),
+            Value(v) if topic == Topic::Push => {
+                if v.is_empty() {
+                    return Err(usage(topic, "empty store path argument"));
+                }
+                paths.push(PathBuf::from(v));
+            }
+            Value(v) => {
+                return Err(usage(
+                    topic,
+                    format!(
+                    "unexpected argument '{}': retry takes no paths (it pushes the pending list)",
+                    v.to_string_lossy()
+                ),
+                ))
+            }
+            _ => return Err(usage(topic, arg.unexpected())),
+        }
+    }
+    if a.no_deps && a.closure {
+        return Err(usage(topic, "--no-deps and --closure conflict: choose one"));
+    }
+    if a.quiet && a.verbose {
+        return Err(usage(topic, "--quiet and --verbose conflict: choose one"));
+    }
+    a.command = match topic {
+        Topic::Push => RawCommand::Push { paths },
+        _ => RawCommand::Retry,
+    };
+    Ok(a)
+}
+
+fn parse_keygen(parser: &mut lexopt::Parser) -> Result<Args> {
+    use lexopt::prelude::*;
+    let topic = Topic::Keygen;
+    let mut name: Option<String> = None;
+    let mut out = None;
+    while let Some(arg) = parser.next().map_err(lexopt_err(topic))? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Args::new(RawCommand::Help(topic))),
+            Long("out") => out = Some(path_value(parser, topic, "--out")?),
+            Value(v) if name.is_none() => {
+                let v = v.into_string().map_err(|v| {
+                    usage(
+                        topic,
+                        format!("key name {}: not valid UTF-8", v.to_string_lossy()),
+                    )
+                })?;
+                name = Some(v);
+            }
+            Value(v) => {
+                return Err(usage(
+                    topic,
+                    format!(
+                        "unexpected argument '{}': keygen takes one NAME",
+                        v.to_string_lossy()
+                    ),
+                ))
+            }
+            _ => return Err(usage(topic, arg.unexpected())),
+        }
+    }
+    let name = name.ok_or_else(|| {
+        usage(
+            topic,
+            "keygen needs a key NAME, e.g. 'narpush keygen cache.example.org-1'",
+        )
+    })?;
+    Ok(Args::new(RawCommand::Keygen { name, out }))
+}
+
+fn parse_help(parser: &mut lexopt::Parser) -> Result<Args> {
+    use lexopt::prelude::*;
+    let topic = Topic::Help;
+    let mut which = Topic::General;
+    let mut seen = false;
+    while let Some(arg) = parser.next().map_err(lexopt_err(topic))? {
+        match arg {
+            Short('h') | Long("help") => which = Topic::Help,
+            Value(v) if !seen => {
+                seen = true;
+                let name = v.to_string_lossy();
+                which = Topic::from_name(&name).ok_or_else(|| {
+                    usage(
+                        topic,
+                        format!("unknown command '{name}'; commands are push, retry, keygen, help"),
+                    )
+                })?;
+            }
+            _ => return Err(usage(topic, arg.unexpected())),
+        }
+    }
+    Ok(Args::new(RawCommand::Help(which)))
+}
+
+/// The version line printed by `--version`.
+pub fn version_text() -> String {
+    format!("narpush {}\n", env!("CARGO_PKG_VERSION"))
+}
+
+/// The help text for one topic, ending in a newline.
+pub fn help_text(topic: Topic) -> &'static str {
+    match topic {
+        Topic::General => GENERAL_HELP,
+        Topic::Push => PUSH_HELP,
+        Topic::Retry => RETRY_HELP,
+        Topic::Keygen => KEYGEN_HELP,
+        Topic::Help => HELP_HELP,
+    }
+}
+
+const GENERAL_HELP: &str = "\
+narpush - push Nix store paths to a signed binary cache (S3 or file://)
+
+USAGE:
+    narpush [push] [OPTIONS] [PATH...]   push paths (the default command)
+    narpush retry [OPTIONS]              push the paths recorded for later
+    narpush keygen NAME [--out PREFIX]   make a signing key pair
+    narpush help [COMMAND]               show help for a command
+    narpush --version
+
+As a Nix post-build-hook (no arguments; Nix sets OUT_PATHS and DRV_PATH),
+in /etc/nix/nix.conf:
+    post-build-hook = /usr/local/bin/narpush
+with the cache and key in /etc/narpush.toml:
+    to = \"s3://nix-cache?region=eu-west-1\"
+    key-file = \"/etc/nix/cache-key.sec\"
+
+Paths that cannot be pushed are recorded in the pending list and pushed
+by the next run or by 'narpush retry'.
+
+Run 'narpush push --help' for all options.
+";
+
+const PUSH_HELP: &str = "\
+narpush push - push store paths and their signed narinfo to a binary cache
+
+USAGE:
+    narpush [push] [OPTIONS] [PATH...]
+
+With no PATH and OUT_PATHS or DRV_PATH in the environment (a Nix
+post-build-hook), pushes the outputs of that build. PATH may be a store
+path or a symlink into the store such as ./result.
+
+OPTIONS:
+    --to URL                 cache: s3://BUCKET?region=R&endpoint=HOST&profile=P
+                             or file:///DIR                      [NARPUSH_TO]
+    --key-file FILE          secret signing key (NAME:BASE64); repeatable
+                             [NARPUSH_KEY_FILE, colon-separated list]
+    --credentials-file FILE  AWS credentials file for s3:// caches
+                                                   [NARPUSH_CREDENTIALS_FILE]
+    --compression ALGO       zstd, xz or none (default zstd)
+                                                        [NARPUSH_COMPRESSION]
+    --compression-level N    zstd 1..=22, xz 0..=9 (default: the algorithm's)
+                                                  [NARPUSH_COMPRESSION_LEVEL]
+    --jobs N                 parallel uploads, 1..=1024
+                             (default min(4, cores), at least 2)  [NARPUSH_JOBS]
+    --upstream-key NAME      paths signed by this key are not pushed;
+                             repeatable (default cache.nixos.org-1)
+    --no-deps                push only the given paths
+    --closure                push the whole closure, even paths already upstream
+                             (default: also push references missing from the
+                             cache and not signed by an upstream key)
+    --strict                 fail instead of recording failures for later
+                                                             [NARPUSH_STRICT]
+    -q, --quiet              print errors only
+    -v, --verbose            print each step
+    --config FILE            config file (default $NARPUSH_CONFIG, else
+                             /etc/narpush.toml if it exists)
+    --state-dir DIR          where the pending list lives  [NARPUSH_STATE_DIR]
+                             (default /var/lib/narpush as root, else
+                             $XDG_STATE_HOME/narpush or ~/.local/state/narpush)
+    -h, --help               show this help
+    -V, --version            show the version
+
+Precedence: command line, then environment, then config file, then defaults.
+Config file keys are the long option names: to = \"...\", key-file = [\"...\"],
+jobs = 4, strict = true, deps = \"missing\"|\"none\"|\"closure\", ...
+
+EXAMPLES:
+    narpush push --to 's3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local' ./result
+    narpush --to file:///srv/cache --key-file /etc/nix/cache-key.sec --no-deps ./result
+    post-build-hook = /usr/local/bin/narpush        (in /etc/nix/nix.conf)
+";
+
+const RETRY_HELP: &str = "\
+narpush retry - push the paths recorded in the pending list
+
+USAGE:
+    narpush retry [OPTIONS]
+
+Pushes every path in STATE_DIR/pending (recorded when an earlier push or
+post-build-hook failed) and removes each one once it is in the cache.
+Takes the same options as 'narpush push' (see 'narpush push --help'),
+but no paths.
+
+EXAMPLES:
+    narpush retry
+    narpush retry --to 's3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local' -v
+";
+
+const KEYGEN_HELP: &str = "\
+narpush keygen - make an Ed25519 signing key pair for a binary cache
+
+USAGE:
+    narpush keygen NAME [--out PREFIX]
+
+Writes the secret key to PREFIX.sec (mode 0600) and the public key to
+PREFIX.pub, both in Nix's NAME:BASE64 format. PREFIX defaults to NAME.
+Put the public key in trusted-public-keys on the machines that substitute
+from the cache.
+
+OPTIONS:
+    --out PREFIX    file name prefix (default NAME)
+    -h, --help      show this help
+
+EXAMPLE:
+    narpush keygen cache.example.org-1 --out /etc/nix/cache-key
+";
+
+const HELP_HELP: &str = "\
+narpush help - show help
+
+USAGE:
+    narpush help [push|retry|keygen|help]
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args> {
+        parse_args(args.iter().map(OsString::from))
+    }
+
+    fn usage_msg(args: &[&str]) -> String {
+        match parse(args) {
+            Err(Error::Usage(m)) => m,
+            other => panic!("expected a usage error for {args:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn no_arguments_is_push_without_paths() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(a, Args::new(RawCommand::Push { paths: vec![] }));
+    }
+
+    #[test]
+    fn push_is_default_for_options_and_paths() {
+        let a = parse(&["./result", "/nix/store/x"]).unwrap();
+        assert_eq!(
+            a.command,
+            RawCommand::Push {
+                paths: vec!["./result".into(), "/nix/store/x".into()]
+            }
+        );
+        let a = parse(&["--to", "file:///c", "./result"]).unwrap();
+        assert_eq!(
+            a.command,
+            RawCommand::Push {
+                paths: vec!["./result".into()]
+            }
+        );
+        assert_eq!(a.to.as_deref(), Some("file:///c"));
+        let a = parse(&["push", "--no-deps"]).unwrap();
+        assert_eq!(a.command, RawCommand::Push { paths: vec![] });
+        assert!(a.no_deps);
+    }
+
+    #[test]
+    fn every_push_option() {
+        let a = parse(&[
+            "push",
+            "--to",
+            "s3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local",
+            "--key-file",
+            "/k1",
+            "--key-file=/k2",
+            "--credentials-file",
+            "/creds",
+            "--compression",
+            "xz",
+            "--compression-level",
+            "6",
+            "--jobs",
+            "8",
+            "--upstream-key",
+            "a-1",
+            "--upstream-key",
+            "b-1",
+            "--closure",
+            "--strict",
+            "-v",
+            "--config",
+            "/c.toml",
+            "--state-dir",
+            "/state",
+            "p1",
+            "--",
+            "--p2",
+        ])
+        .unwrap();
+        let want = Args {
+            command: RawCommand::Push {
+                paths: vec!["p1".into(), "--p2".into()],
+            },
+            to: Some("s3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local".into()),
+            key_files: vec!["/k1".into(), "/k2".into()],
+            credentials_file: Some("/creds".into()),
+            compression: Some("xz".into()),
+            compression_level: Some(6),
+            jobs: Some(8),
+            upstream_keys: vec!["a-1".into(), "b-1".into()],
+            no_deps: false,
+            closure: true,
+            strict: true,
+            quiet: false,
+            verbose: true,
+            config: Some("/c.toml".into()),
+            state_dir: Some("/state".into()),
+        };
+        assert_eq!(a, want);
+        let a = parse(&["--no-deps", "-q", "--verbose"]);
+        assert!(a.is_err());
+        let a = parse(&["--no-deps", "--quiet"]).unwrap();
+        assert!(a.no_deps && a.quiet && !a.verbose);
+    }
+
+    #[test]
+    fn retry_takes_options_but_no_paths() {
+        let a = parse(&["retry", "--to", "file:///c", "--jobs", "3"]).unwrap();
+        assert_eq!(a.command, RawCommand::Retry);
+        assert_eq!(a.jobs, Some(3));
+        let m = usage_msg(&["retry", "/nix/store/x"]);
+        assert!(m.contains("retry takes no paths"), "{m}");
+        assert!(m.ends_with("see 'narpush retry --help'"), "{m}");
+    }
+
+    #[test]
+    fn conflicts_and_bad_values_are_usage_errors() {
+        let m = usage_msg(&["--no-deps", "--closure"]);
+        assert!(m.contains("--no-deps and --closure conflict"), "{m}");
+        assert!(m.ends_with("see 'narpush push --help'"), "{m}");
+        let m = usage_msg(&["--jobs", "many"]);
+        assert!(m.starts_with("--jobs many: not a whole number"), "{m}");
+        let m = usage_msg(&["--compression-level", "x"]);
+        assert!(m.contains("--compression-level"), "{m}");
+        let m = usage_msg(&["--to"]);
+        assert!(
+            m.contains("--to") && m.contains("see 'narpush push --help'"),
+            "{m}"
+        );
+        let m = usage_msg(&["--to", ""]);
+        assert!(m.contains("--to needs a non-empty value"), "{m}");
+    }
+
+    #[test]
+    fn unknown_option_names_it() {
+        let m = usage_msg(&["push", "--frobnicate"]);
+        assert_eq!(
+            m,
+            "invalid option '--frobnicate'; see 'narpush push --help'"
+        );
+        let m = usage_msg(&["--frobnicate"]);
+        assert!(
+            m.contains("'--frobnicate'") && m.contains("narpush push --help"),
+            "{m}"
+        );
+        let m = usage_msg(&["keygen", "n", "--jobs", "2"]);
+        assert!(
+            m.contains("'--jobs'") && m.ends_with("see 'narpush keygen --help'"),
+            "{m}"
+        );
+        let m = usage_msg(&["--no-deps=yes"]);
+        assert!(m.contains("--no-deps"), "{m}");
+    }
+
+    #[test]
+    fn keygen() {
+        let a = parse(&["keygen", "cache.example.org-1"]).unwrap();
+        assert_eq!(
+            a.command,
+            RawCommand::Keygen {
+                name: "cache.example.org-1".into(),
+                out: None
+            }
+        );
+        let a = parse(&["keygen", "--out", "/etc/nix/k", "n-1"]).unwrap();
+        assert_eq!(
+            a.command,
+            RawCommand::Keygen {
+                name: "n-1".into(),
+                out: Some("/etc/nix/k".into())
+            }
+        );
+        assert!(usage_msg(&["keygen"]).contains("keygen needs a key NAME"));
+        assert!(usage_msg(&["keygen", "a", "b"]).contains("keygen takes one NAME"));
+    }
+
+    #[test]
+    fn help_for_each_command() {
+        for (args, topic) in [
+            (&["--help"][..], Topic::General),
+            (&["-h"], Topic::General),
+            (&["help"], Topic::General),
+            (&["help", "push"], Topic::Push),
+            (&["help", "retry"], Topic::Retry),
+            (&["help", "keygen"], Topic::Keygen),
+            (&["help", "help"], Topic::Help),
+            (&["push", "--help"], Topic::Push),
+            (&["--to", "x", "-h"], Topic::Push),
+            (&["retry", "-h"], Topic::Retry),
+            (&["keygen", "--help"], Topic::Keygen),
+            (&["keygen", "name", "-h"], Topic::Keygen),
+        ] {
+            assert_eq!(
+                parse(args).unwrap().command,
+                RawCommand::Help(topic),
+                "{args:?}"
+            );
+        }
+        let m = usage_msg(&["help", "frob"]);
+        assert!(m.contains("unknown command 'frob'"), "{m}");
+        for t in [
+            Topic::General,
+            Topic::Push,
+            Topic::Retry,
+            Topic::Keygen,
+            Topic::Help,
+        ] {
+            assert!(help_text(t).ends_with('\n'));
+        }
+        let push = help_text(Topic::Push);
+        for opt in [
+            "--to",
+            "--key-file",
+            "--credentials-file",
+            "--compression ",
+            "--compression-level",
+            "--jobs",
+            "--upstream-key",
+            "--no-deps",
+            "--closure",
+            "--strict",
+            "--quiet",
+            "--verbose",
+            "--config",
+            "--state-dir",
+        ] {
+            assert!(push.contains(opt), "push help lacks {opt}");
+        }
+        assert!(push.contains("narpush push --to 's3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local' ./result"));
+        assert!(push.contains("post-build-hook = /usr/local/bin/narpush"));
+    }
+
+    #[test]
+    fn version() {
+        assert_eq!(parse(&["--version"]).unwrap().command, RawCommand::Version);
+        assert_eq!(parse(&["-V"]).unwrap().command, RawCommand::Version);
+        assert_eq!(parse(&["push", "-V"]).unwrap().command, RawCommand::Version);
+        assert!(version_text().starts_with("narpush "));
+    }
+
+    #[test]
+    fn non_utf8_paths_survive() {
+        use std::os::unix::ffi::OsStringExt;
+        let raw = OsString::from_vec(b"/tmp/r\xffsult".to_vec());
+        let a = parse_args([OsString::from("--state-dir"), raw.clone(), raw.clone()]).unwrap();
+        assert_eq!(a.state_dir, Some(PathBuf::from(raw.clone())));
+        assert_eq!(
+            a.command,
+            RawCommand::Push {
+                paths: vec![PathBuf::from(raw)]
+            }
+        );
+    }
+}

@@ -1,1 +1,1324 @@
-//! (being written)
+//! Configuration: raw command-line [`Args`], the environment and the config file,
+//! resolved into one validated [`Config`]. This is the only module that reads
+//! environment variables or the config file; it takes the environment as a
+//! function so tests (and `main`) decide what it sees.
+//!
+//! Precedence, per setting: command line, then environment (`NARPUSH_*`), then the
+//! config file (`--config F`, else `$NARPUSH_CONFIG`, else `/etc/narpush.toml` if it
+//! exists), then defaults. The config file is a strict subset of TOML, parsed here
+//! so that every error can name the file and the line:
+//!
+//! ```toml
+//! # /etc/narpush.toml
+//! [narpush]                       # optional
+//! to = "s3://nix-cache?region=eu-west-1"
+//! key-file = ["/etc/nix/cache-key.sec"]
+//! compression = "zstd"
+//! jobs = 4
+//! strict = false
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use crate::cli::{self, Args, RawCommand};
+use crate::error::{Error, Result};
+
+/// What to do, after hook detection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Push `paths`; or, in hook mode (no paths given, `OUT_PATHS` or `DRV_PATH`
+    /// set), the outputs named in `hook`.
+    Push {
+        paths: Vec<PathBuf>,
+        hook: Option<HookEnv>,
+    },
+    /// Push the pending list.
+    Retry,
+    /// Write `out.sec` and `out.pub` for key `name`.
+    Keygen { name: String, out: PathBuf },
+    /// Print this text to stdout and exit 0.
+    Help(String),
+    /// Print the version and exit 0.
+    Version,
+}
+
+/// What Nix tells a `post-build-hook`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookEnv {
+    /// `OUT_PATHS` split on whitespace; may be empty (Nix 2.8.0 set it empty).
+    pub out_paths: Vec<String>,
+    /// `DRV_PATH`, if set and non-empty.
+    pub drv_path: Option<String>,
+}
+
+/// Which references of the given paths to push as well.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deps {
+    /// References not already in the cache or upstream (the default).
+    Missing,
+    /// Only the given paths (`--no-deps`).
+    None,
+    /// The whole closure (`--closure`).
+    Closure,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub command: Command,
+    /// The store URL (`s3://…` or `file://…`); checked by `store_url`.
+    pub to: Option<String>,
+    pub key_files: Vec<PathBuf>,
+    pub credentials_file: Option<PathBuf>,
+    /// `zstd`, `xz` or `none`; `None` means the default (zstd).
+    pub compression: Option<String>,
+    /// In range for the compression (zstd 1..=22, xz 0..=9); dropped for `none`.
+    pub compression_level: Option<i32>,
+    pub jobs: usize,
+    pub upstream_keys: Vec<String>,
+    pub deps: Deps,
+    pub strict: bool,
+    pub quiet: bool,
+    pub verbose: bool,
+    pub state_dir: PathBuf,
+    /// The config file that was read, if any.
+    pub config_file: Option<PathBuf>,
+}
+
+/// The config file read when neither `--config` nor `NARPUSH_CONFIG` names one.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
+/// The default upstream key: paths signed by it are not pushed.
+pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
+
+const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
+upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir";
+
+/// Resolve `args`, the environment (`env("NAME")`) and the config file into a
+/// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
+/// nothing else. `help`, `--version` and `keygen` read neither environment nor file.
+pub fn resolve(args: Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+    resolve_as(args, env, effective_uid_is_root())
+}
+
+/// True if this process runs as root: the owner of `/proc/self` is the effective uid.
+fn effective_uid_is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+fn default_jobs() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    cores.clamp(2, 4)
+}
+
+fn default_state_dir(env: &dyn Fn(&str) -> Option<String>, root: bool) -> Result<PathBuf> {
+    if root {
+        return Ok(PathBuf::from("/var/lib/narpush"));
+    }
+    // The XDG base directory spec says relative values are to be ignored.
+    if let Some(x) = env("XDG_STATE_HOME").filter(|x| x.starts_with('/')) {
+        return Ok(Path::new(&x).join("narpush"));
+    }
+    match env("HOME").filter(|h| !h.is_empty()) {
+        Some(h) => Ok(Path::new(&h).join(".local/state/narpush")),
+        None => Err(Error::Usage(
+            "cannot choose a state directory: HOME and XDG_STATE_HOME are not set; \
+             set --state-dir or NARPUSH_STATE_DIR"
+                .into(),
+        )),
+    }
+}
+
+fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> Result<Config> {
+    // Environment values that are set but empty count as unset.
+    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let mut config = Config {
+        command: Command::Version,
+        to: None,
+        key_files: Vec::new(),
+        credentials_file: None,
+        compression: None,
+        compression_level: None,
+        jobs: default_jobs(),
+        upstream_keys: vec![DEFAULT_UPSTREAM_KEY.to_string()],
+        deps: Deps::Missing,
+        strict: false,
+        quiet: false,
+        verbose: false,
+        state_dir: PathBuf::new(),
+        config_file: None,
+    };
+    let paths = match args.command {
+        RawCommand::Help(topic) => {
+            config.command = Command::Help(cli::help_text(topic).to_string());
+            return Ok(config);
+        }
+        RawCommand::Version => return Ok(config),
+        RawCommand::Keygen { name, out } => {
+            if name.contains(':') || name.chars().any(char::is_whitespace) {
+                return Err(Error::Usage(format!(
+                    "key name '{name}' may not contain ':' or whitespace; \
+                     use a name like cache.example.org-1"
+                )));
+            }
+            let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            config.command = Command::Keygen { name, out };
+            return Ok(config);
+        }
+        RawCommand::Retry => None,
+        RawCommand::Push { paths } => Some(paths),
+    };
+
+    config.command = match paths {
+        None => Command::Retry,
+        Some(paths) => {
+            let out_paths = env("OUT_PATHS");
+            let drv_path = env("DRV_PATH");
+            let hook = if paths.is_empty() && (out_paths.is_some() || drv_path.is_some()) {
+                Some(HookEnv {
+                    out_paths: out_paths
+                        .map(|o| o.split_whitespace().map(str::to_string).collect())
+                        .unwrap_or_default(),
+                    drv_path,
+                })
+            } else {
+                None
+            };
+            if paths.is_empty() && hook.is_none() {
+                return Err(Error::Usage(
+                    "nothing to push: give store paths, or run as a Nix post-build-hook \
+                     (OUT_PATHS set); see 'narpush push --help'"
+                        .into(),
+                ));
+            }
+            Command::Push { paths, hook }
+        }
+    };
+
+    // The config file.
+    let file = match (&args.config, env("NARPUSH_CONFIG")) {
+        (Some(f), _) => Some(read_config(f, "--config")?),
+        (None, Some(f)) => Some(read_config(Path::new(&f), "NARPUSH_CONFIG")?),
+        (None, None) => match std::fs::read_to_string(DEFAULT_CONFIG_FILE) {
+            Ok(text) => Some(parse_file(Path::new(DEFAULT_CONFIG_FILE), &text)?),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(Error::io(
+                    "read config file",
+                    Path::new(DEFAULT_CONFIG_FILE),
+                    e,
+                ))
+            }
+        },
+    };
+    let file = file.unwrap_or_default();
+    config.config_file = file.path.clone();
+    let file_path = file.path.clone();
+    let at = |line: usize, key: &str| {
+        let path = file_path.as_deref().unwrap_or(Path::new("?"));
+        format!("config file {} line {line}: {key}", path.display())
+    };
+
+    // Command line > environment > file > default, one setting at a time.
+    config.to = args.to.or_else(|| env("NARPUSH_TO")).or(file.to);
+
+    config.key_files = if !args.key_files.is_empty() {
+        args.key_files
+    } else if let Some(k) = env("NARPUSH_KEY_FILE") {
+        k.split(':')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    } else {
+        file.key_files
+    };
+
+    config.credentials_file = args
+        .credentials_file
+        .or_else(|| env("NARPUSH_CREDENTIALS_FILE").map(PathBuf::from))
+        .or(file.credentials_file);
+
+    let compression = match (
+        args.compression,
+        env("NARPUSH_COMPRESSION"),
+        file.compression,
+    ) {
+        (Some(c), _, _) => Some((c, "--compression".to_string())),
+        (None, Some(c), _) => Some((c, "NARPUSH_COMPRESSION".to_string())),
+        (None, None, Some((c, line))) => Some((c, at(line, "compression"))),
+        _ => None,
+    };
+    if let Some((c, from)) = &compression {
+        if !matches!(c.as_str(), "zstd" | "xz" | "none") {
+            return Err(Error::Usage(format!(
+                "{from}: unknown compression '{c}'; use zstd, xz or none"
+            )));
+        }
+    }
+    let level = match (
+        args.compression_level,
+        env("NARPUSH_COMPRESSION_LEVEL"),
+        file.compression_level,
+    ) {
+        (Some(l), _, _) => Some((l, "--compression-level".to_string())),
+        (None, Some(l), _) => {
+            let n = l.trim().parse::<i32>().map_err(|_| {
+                Error::Usage(format!(
+                    "NARPUSH_COMPRESSION_LEVEL='{l}': not a whole number"
+                ))
+            })?;
+            Some((n, "NARPUSH_COMPRESSION_LEVEL".to_string()))
+        }
+        (None, None, Some((l, line))) => Some((l, at(line, "compression-level"))),
+        _ => None,
+    };
+    let algo = compression.as_ref().map_or("zstd", |(c, _)| c.as_str());
+    config.compression_level = match (algo, level) {
+        (_, None) | ("none", Some(_)) => None,
+        (algo, Some((l, from))) => {
+            let range = if algo == "xz" { 0..=9 } else { 1..=22 };
+            if !range.contains(&l) {
+                return Err(Error::Usage(format!(
+                    "{from}: level {l} is out of range for {algo} ({}..={})",
+                    range.start(),
+                    range.end()
+                )));
+            }
+            Some(l)
+        }
+    };
+    config.compression = compression.map(|(c, _)| c);
+
+    config.jobs = match (args.jobs, env("NARPUSH_JOBS"), file.jobs) {
+        (Some(j), _, _) => check_jobs(j as i64, "--jobs")?,
+        (None, Some(j), _) => {
+            let n = j
+                .trim()
+                .parse::<i64>()
+                .map_err(|_| Error::Usage(format!("NARPUSH_JOBS='{j}': not a whole number")))?;
+            check_jobs(n, "NARPUSH_JOBS")?
+        }
+        (None, None, Some((j, line))) => check_jobs(j, &at(line, "jobs"))?,
+        _ => config.jobs,
+    };
+
+    if !args.upstream_keys.is_empty() {
+        config.upstream_keys = args.upstream_keys;
+    } else if let Some(keys) = file.upstream_keys {
+        config.upstream_keys = keys;
+    }
+
+    config.deps = if args.no_deps {
+        Deps::None
+    } else if args.closure {
+        Deps::Closure
+    } else {
+        file.deps.unwrap_or(Deps::Missing)
+    };
+
+    config.strict = if args.strict {
+        true
+    } else if let Some(s) = env("NARPUSH_STRICT") {
+        parse_env_bool("NARPUSH_STRICT", &s)?
+    } else {
+        file.strict.unwrap_or(false)
+    };
+
+    (config.quiet, config.verbose) = if args.quiet || args.verbose {
+        (args.quiet, args.verbose)
+    } else {
+        (file.quiet.unwrap_or(false), file.verbose.unwrap_or(false))
+    };
+    if config.quiet && config.verbose {
+        return Err(Error::Usage(format!(
+            "{}: quiet and verbose are both true; choose one",
+            file.path
+                .as_deref()
+                .unwrap_or(Path::new("config file"))
+                .display()
+        )));
+    }
+
+    config.state_dir = match args.state_dir {
+        Some(d) => d,
+        None => match env("NARPUSH_STATE_DIR") {
+            Some(d) => PathBuf::from(d),
+            None => match file.state_dir {
+                Some(d) => d,
+                None => default_state_dir(&env, root)?,
+            },
+        },
+    };
+    Ok(config)
+}
+
+fn check_jobs(n: i64, from: &str) -> Result<usize> {
+    if !(1..=1024).contains(&n) {
+        return Err(Error::Usage(format!(
+            "{from}: jobs must be between 1 and 1024, not {n}"
+        )));
+    }
+    Ok(n as usize)
+}
+
+fn parse_env_bool(name: &str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(Error::Usage(format!(
+            "{name}='{v}': expected true or false (or 1 or 0)"
+        ))),
+    }
+}
+
+fn read_config(path: &Path, named_by: &str) -> Result<FileValues> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse_file(path, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::Usage(format!(
+            "config file {} (named by {named_by}) does not exist",
+            path.display()
+        ))),
+        Err(e) => Err(Error::io("read config file", path, e)),
+    }
+}
+
+/// The settings found in a config file, each with its line number where an error
+/// about its value could still arise after parsing.
+#[derive(Debug, Default)]
+struct FileValues {
+    path: Option<PathBuf>,
+    to: Option<String>,
+    key_files: Vec<PathBuf>,
+    credentials_file: Option<PathBuf>,
+    compression: Option<(String, usize)>,
+    compression_level: Option<(i32, usize)>,
+    jobs: Option<(i64, usize)>,
+    upstream_keys: Option<Vec<String>>,
+    deps: Option<Deps>,
+    strict: Option<bool>,
+    quiet: Option<bool>,
+    verbose: Option<bool>,
+    state_dir: Option<PathBuf>,
+}
+
+/// A value in the TOML subset.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(String),
+    Int(i64),
+    Bool(bool),
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn kind(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "a string",
+            Value::Int(_) => "an integer",
+            Value::Bool(_) => "a boolean",
+            Value::Array(_) => "an array",
+        }
+    }
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
+    let err = |line: usize, msg: String| {
+        Error::Usage(format!("config file {} line {line}: {msg}", path.display()))
+    };
+    let entries = parse_toml(text).map_err(|(line, msg)| err(line, msg))?;
+    let base = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let rel = |s: String| -> PathBuf {
+        let p = PathBuf::from(s);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let mut v = FileValues {
+        path: Some(path.to_path_buf()),
+        ..FileValues::default()
+    };
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut deps_line: Option<(&str, usize)> = None;
+    for (key, value, line) in entries {
+        let canon = if key == "upstream-keys" {
+            "upstream-key"
+        } else {
+            key.as_str()
+        };
+        if let Some((_, first)) = seen.iter().find(|(k, _)| k == canon) {
+            return Err(err(
+                line,
+                format!("'{key}' is set twice (first on line {first})"),
+            ));
+        }
+        seen.push((canon.to_string(), line));
+        let kind = value.kind();
+        let want = |what: &str| err(line, format!("{key} must be {what}, not {kind}"));
+        let string = |value: Value| match value {
+            Value::Str(s) if !s.is_empty() => Ok(s),
+            Value::Str(_) => Err(err(line, format!("{key} must not be empty"))),
+            _ => Err(want("a string")),
+        };
+        let strings = |value: Value| match value {
+            Value::Array(items) => items
+                .into_iter()
+                .map(|i| match i {
+                    Value::Str(s) if !s.is_empty() => Ok(s),
+                    _ => Err(err(
+                        line,
+                        format!("{key} must be a list of non-empty strings"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>(),
+            other => string(other).map(|s| vec![s]),
+        };
+        let boolean = |value: &Value| match value {
+            Value::Bool(b) => Ok(*b),
+            _ => Err(want("true or false")),
+        };
+        match key.as_str() {
+            "to" => v.to = Some(string(value)?),
+            "key-file" => v.key_files = strings(value)?.into_iter().map(rel).collect(),
+            "credentials-file" => v.credentials_file = Some(rel(string(value)?)),
+            "compression" => v.compression = Some((string(value)?, line)),
+            "compression-level" => match value {
+                Value::Int(n) => {
+                    let n = i32::try_from(n)
+                        .map_err(|_| err(line, format!("compression-level {n} is out of range")))?;
+                    v.compression_level = Some((n, line))
+                }
+                _ => return Err(want("an integer")),
+            },
+            "jobs" => match value {
+                Value::Int(n) => v.jobs = Some((n, line)),
+                _ => return Err(want("an integer")),
+            },
+            "upstream-key" | "upstream-keys" => v.upstream_keys = Some(strings(value)?),
+            "deps" | "no-deps" | "closure" => {
+                if let Some((other, first)) = deps_line {
+                    return Err(err(
+                        line,
+                        format!("'{key}' conflicts with '{other}' on line {first}; set only deps = \"missing\"|\"none\"|\"closure\""),
+                    ));
+                }
+                deps_line = Some((
+                    if key == "deps" {
+                        "deps"
+                    } else if key == "no-deps" {
+                        "no-deps"
+                    } else {
+                        "closure"
+                    },
+                    line,
+                ));
+                v.deps = match key.as_str() {
+                    "deps" => Some(match string(value)?.as_str() {
+                        "missing" => Deps::Missing,
+                        "none" => Deps::None,
+                        "closure" => Deps::Closure,
+                        other => {
+                            return Err(err(
+                                line,
+                                format!(
+                                    "deps = \"{other}\": use \"missing\", \"none\" or \"closure\""
+                                ),
+                            ))
+                        }
+                    }),
+                    "no-deps" => boolean(&value)?.then_some(Deps::None),
+                    _ => boolean(&value)?.then_some(Deps::Closure),
+                };
+            }
+            "strict" => v.strict = Some(boolean(&value)?),
+            "quiet" => v.quiet = Some(boolean(&value)?),
+            "verbose" => v.verbose = Some(boolean(&value)?),
+            "state-dir" => v.state_dir = Some(rel(string(value)?)),
+            _ => {
+                return Err(err(
+                    line,
+                    format!("unknown key '{key}'; known keys: {KNOWN_KEYS}"),
+                ))
+            }
+        }
+    }
+    Ok(v)
+}
+
+type TomlError = (usize, String);
+
+/// Parse the TOML subset: `key = value` lines, `#` comments, an optional `[narpush]`
+/// table header; values are basic or literal strings, integers, booleans and
+/// (possibly multi-line) arrays of those. Returns (key, value, line) in file order.
+fn parse_toml(text: &str) -> std::result::Result<Vec<(String, Value, usize)>, TomlError> {
+    let mut p = Toml {
+        s: text.as_bytes(),
+        text,
+        pos: 0,
+        line: 1,
+    };
+    let mut out = Vec::new();
+    loop {
+        p.skip_space();
+        match p.peek() {
+            None => return Ok(out),
+            Some(b'\n') | Some(b'\r') | Some(b'#') => p.end_of_line()?,
+            Some(b'[') => {
+                let line = p.line;
+                p.pos += 1;
+                p.skip_space();
+                let name = p.bare_key();
+                p.skip_space();
+                if p.peek() != Some(b']') || name != "narpush" {
+                    return Err((line, "the only table allowed is [narpush]".into()));
+                }
+                p.pos += 1;
+                p.end_of_line()?;
+            }
+            Some(_) => {
+                let line = p.line;
+                let key = p.bare_key();
+                if key.is_empty() {
+                    return Err((
+                        line,
+                        "expected a key (letters, digits, '-' and '_') or a comment".into(),
+                    ));
+                }
+                p.skip_space();
+                if p.peek() != Some(b'=') {
+                    return Err((line, format!("expected '=' after key '{key}'")));
+                }
+                p.pos += 1;
+                p.skip_space();
+                let value = p.value()?;
+                p.end_of_line()?;
+                out.push((key, value, line));
+            }
+        }
+    }
+}
+
+struct Toml<'a> {
+    s: &'a [u8],
+    text: &'a str,
+    pos: usize,
+    line: usize,
+}
+
+impl Toml<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.s.get(self.pos).copied()
+    }
+
+    fn skip_space(&mut self) {
+        while matches!(self.peek(), Some(b' ' | b'\t')) {
+            self.pos += 1;
+        }
+    }
+
+    /// After a value or header: optional spaces and comment, then newline or end.
+    fn end_of_line(&mut self) -> std::result::Result<(), TomlError> {
+        self.skip_space();
+        if self.peek() == Some(b'#') {
+            while !matches!(self.peek(), None | Some(b'\n')) {
+                self.pos += 1;
+            }
+        }
+        if self.peek() == Some(b'\r') {
+            self.pos += 1;
+        }
+        match self.peek() {
+            None => Ok(()),
+            Some(b'\n') => {
+                self.pos += 1;
+                self.line += 1;
+                Ok(())
+            }
+            Some(_) => Err((
+                self.line,
+                format!("unexpected '{}' after the value", self.rest_of_line()),
+            )),
+        }
+    }
+
+    fn rest_of_line(&self) -> &str {
+        let rest = &self.text[self.pos..];
+        rest.split(['\n', '\r']).next().unwrap_or("").trim_end()
+    }
+
+    fn bare_key(&mut self) -> String {
+        let start = self.pos;
+        while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        {
+            self.pos += 1;
+        }
+        self.text[start..self.pos].to_string()
+    }
+
+    /// Whitespace, newlines and comments inside an array.
+    fn skip_array_space(&mut self) {
+        loop {
+            match self.peek() {
+                Some(b' ' | b'\t' | b'\r') => self.pos += 1,
+                Some(b'\n') => {
+                    self.pos += 1;
+                    self.line += 1;
+                }
+                Some(b'#') => {
+                    while !matches!(self.peek(), None | Some(b'\n')) {
+                        self.pos += 1;
+                    }
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn value(&mut self) -> std::result::Result<Value, TomlError> {
+        let line = self.line;
+        match self.peek() {
+            Some(b'"') => self.basic_string().map(Value::Str),
+            Some(b'\'') => {
+                self.pos += 1;
+                let start = self.pos;
+                while !matches!(self.peek(), None | Some(b'\'' | b'\n')) {
+                    self.pos += 1;
+                }
+                if self.peek() != Some(b'\'') {
+                    return Err((line, "unterminated string: missing closing '".into()));
+                }
+                let s = self.text[start..self.pos].to_string();
+                self.pos += 1;
+                Ok(Value::Str(s))
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                let mut items = Vec::new();
+                loop {
+                    self.skip_array_space();
+                    match self.peek() {
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(Value::Array(items));
+                        }
+                        None => return Err((line, "unterminated array: missing ']'".into())),
+                        _ => {}
+                    }
+                    let item = self.value()?;
+                    if matches!(item, Value::Array(_)) {
+                        return Err((self.line, "nested arrays are not supported".into()));
+                    }
+                    items.push(item);
+                    self.skip_array_space();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(b']') => {}
+                        None => return Err((line, "unterminated array: missing ']'".into())),
+                        Some(_) => {
+                            return Err((
+                                self.line,
+                                format!(
+                                    "expected ',' or ']' in array, found '{}'",
+                                    self.rest_of_line()
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+            _ => {
+                let start = self.pos;
+                while matches!(self.peek(), Some(c) if c.is_ascii_alphanumeric() || c == b'+' || c == b'-' || c == b'_')
+                {
+                    self.pos += 1;
+                }
+                let word = &self.text[start..self.pos];
+                match word {
+                    "true" => Ok(Value::Bool(true)),
+                    "false" => Ok(Value::Bool(false)),
+                    "" => Err((
+                        line,
+                        format!("expected a value, found '{}'", self.rest_of_line()),
+                    )),
+                    _ => parse_int(word).map(Value::Int).ok_or_else(|| {
+                        (
+                            line,
+                            format!("'{word}' is not a value; strings need quotes: \"{word}\""),
+                        )
+                    }),
+                }
+            }
+        }
+    }
+
+    fn basic_string(&mut self) -> std::result::Result<String, TomlError> {
+        let line = self.line;
+        self.pos += 1; // opening quote
+        let mut out = String::new();
+        loop {
+            let rest = &self.text[self.pos..];
+            let Some(c) = rest.chars().next() else {
+                return Err((line, "unterminated string: missing closing \"".into()));
+            };
+            self.pos += c.len_utf8();
+            match c {
+                '"' => return Ok(out),
+                '\n' => return Err((line, "unterminated string: missing closing \"".into())),
+                '\\' => {
+                    let e = self
+                        .peek()
+                        .ok_or((line, "unterminated string".to_string()))?;
+                    self.pos += 1;
+                    match e {
+                        b'"' => out.push('"'),
+                        b'\\' => out.push('\\'),
+                        b'n' => out.push('\n'),
+                        b't' => out.push('\t'),
+                        b'r' => out.push('\r'),
+                        b'u' | b'U' => {
+                            let n = if e == b'u' { 4 } else { 8 };
+                            let hex = self.text.get(self.pos..self.pos + n).unwrap_or("");
+                            let ch = u32::from_str_radix(hex, 16).ok().and_then(char::from_u32);
+                            let ch = ch.ok_or((
+                                line,
+                                format!("bad unicode escape \\{}{hex}", e as char),
+                            ))?;
+                            out.push(ch);
+                            self.pos += n;
+                        }
+                        _ => {
+                            return Err((
+                                line,
+                                format!("unknown escape '\\{}' in string", e as char),
+                            ))
+                        }
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+/// A TOML decimal integer: optional sign, digits, single underscores between digits.
+fn parse_int(word: &str) -> Option<i64> {
+    let digits = word.strip_prefix(['+', '-']).unwrap_or(word);
+    let ok = !digits.is_empty()
+        && !digits.starts_with('_')
+        && !digits.ends_with('_')
+        && !digits.contains("__")
+        && digits.bytes().all(|c| c.is_ascii_digit() || c == b'_')
+        && (digits == "0" || !digits.starts_with('0'));
+    if !ok {
+        return None;
+    }
+    word.replace('_', "").parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    fn args(a: &[&str]) -> Args {
+        cli::parse_args(a.iter().map(OsString::from)).unwrap()
+    }
+
+    struct Env(HashMap<String, String>);
+
+    impl Env {
+        fn new(vars: &[(&str, &str)]) -> Env {
+            Env(vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect())
+        }
+        fn get(&self) -> impl Fn(&str) -> Option<String> + '_ {
+            |k| self.0.get(k).cloned()
+        }
+    }
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("narpush-config-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn write_config(name: &str, text: &str) -> PathBuf {
+        let f = tmpdir(name).join("narpush.toml");
+        std::fs::write(&f, text).unwrap();
+        f
+    }
+
+    fn usage_msg(r: Result<Config>) -> String {
+        match r {
+            Err(Error::Usage(m)) => m,
+            other => panic!("expected a usage error, got {other:?}"),
+        }
+    }
+
+    /// An empty config file so /etc/narpush.toml on the test machine cannot interfere.
+    fn no_file(name: &str) -> String {
+        write_config(name, "").display().to_string()
+    }
+
+    #[test]
+    fn defaults() {
+        let cf = no_file("defaults");
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Push {
+                paths: vec!["/nix/store/x".into()],
+                hook: None
+            }
+        );
+        assert_eq!(c.to, None);
+        assert!(c.key_files.is_empty());
+        assert_eq!(c.compression, None);
+        assert_eq!(c.compression_level, None);
+        assert!((2..=4).contains(&c.jobs), "{}", c.jobs);
+        assert_eq!(c.upstream_keys, vec!["cache.nixos.org-1".to_string()]);
+        assert_eq!(c.deps, Deps::Missing);
+        assert!(!c.strict && !c.quiet && !c.verbose);
+        assert_eq!(c.state_dir, PathBuf::from("/home/u/.local/state/narpush"));
+        assert_eq!(c.config_file, Some(PathBuf::from(&cf)));
+    }
+
+    #[test]
+    fn state_dir_defaults() {
+        let cf = no_file("statedir");
+        let p = |vars: &[(&str, &str)], root| {
+            let mut all = vec![("NARPUSH_CONFIG", cf.as_str())];
+            all.extend_from_slice(vars);
+            resolve_as(args(&["p"]), &Env::new(&all).get(), root).map(|c| c.state_dir)
+        };
+        assert_eq!(
+            p(&[("HOME", "/home/u")], true).unwrap(),
+            PathBuf::from("/var/lib/narpush")
+        );
+        assert_eq!(
+            p(&[("HOME", "/home/u"), ("XDG_STATE_HOME", "/xdg")], false).unwrap(),
+            PathBuf::from("/xdg/narpush")
+        );
+        assert_eq!(
+            p(&[("HOME", "/home/u"), ("XDG_STATE_HOME", "rel")], false).unwrap(),
+            PathBuf::from("/home/u/.local/state/narpush")
+        );
+        let m = usage_msg(p(&[], false).map(|_| unreachable!()));
+        assert!(m.contains("--state-dir"), "{m}");
+        assert_eq!(
+            p(&[("NARPUSH_STATE_DIR", "/s")], false).unwrap(),
+            PathBuf::from("/s"),
+            "an explicit state dir needs no HOME"
+        );
+    }
+
+    #[test]
+    fn effective_uid_matches_proc() {
+        // Whatever we run as, the detection must agree with the owner of /proc/self.
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").unwrap().uid();
+        assert_eq!(effective_uid_is_root(), uid == 0);
+    }
+
+    #[test]
+    fn hook_detection() {
+        let cf = no_file("hook");
+        let env = Env::new(&[
+            ("NARPUSH_CONFIG", &cf),
+            ("HOME", "/h"),
+            ("OUT_PATHS", " /nix/store/a-x\n/nix/store/b-y  "),
+            ("DRV_PATH", "/nix/store/c-x.drv"),
+        ]);
+        let c = resolve_as(args(&[]), &env.get(), false).unwrap();
+        let hook = HookEnv {
+            out_paths: vec!["/nix/store/a-x".into(), "/nix/store/b-y".into()],
+            drv_path: Some("/nix/store/c-x.drv".into()),
+        };
+        assert_eq!(
+            c.command,
+            Command::Push {
+                paths: vec![],
+                hook: Some(hook)
+            }
+        );
+        // Paths on the command line win: not hook mode.
+        let c = resolve_as(args(&["./result"]), &env.get(), false).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Push {
+                paths: vec!["./result".into()],
+                hook: None
+            }
+        );
+        // Nix 2.8.0: OUT_PATHS empty, DRV_PATH set.
+        let env = Env::new(&[
+            ("NARPUSH_CONFIG", &cf),
+            ("HOME", "/h"),
+            ("OUT_PATHS", ""),
+            ("DRV_PATH", "/d.drv"),
+        ]);
+        let c = resolve_as(args(&["push"]), &env.get(), false).unwrap();
+        let hook = HookEnv {
+            out_paths: vec![],
+            drv_path: Some("/d.drv".into()),
+        };
+        assert_eq!(
+            c.command,
+            Command::Push {
+                paths: vec![],
+                hook: Some(hook)
+            }
+        );
+        // Neither paths nor hook variables.
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/h")]);
+        let m = usage_msg(resolve_as(args(&[]), &env.get(), false));
+        assert!(m.starts_with("nothing to push"), "{m}");
+    }
+
+    #[test]
+    fn precedence_cli_env_file() {
+        let f = write_config(
+            "precedence",
+            r#"
+# every key
+to = "file:///from-file"
+key-file = ["keys/a.sec", "/abs/b.sec"]
+credentials-file = "creds"
+compression = "xz"
+compression-level = 3
+jobs = 7
+upstream-keys = ["u-1"]
+deps = "closure"
+strict = true
+verbose = true
+state-dir = "state"
+"#,
+        );
+        let dir = f.parent().unwrap().to_path_buf();
+        let cf = f.display().to_string();
+        let home = [("HOME", "/h")];
+        // File only.
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), home[0]]);
+        let c = resolve_as(args(&["p"]), &env.get(), false).unwrap();
+        assert_eq!(c.to.as_deref(), Some("file:///from-file"));
+        assert_eq!(
+            c.key_files,
+            vec![dir.join("keys/a.sec"), PathBuf::from("/abs/b.sec")]
+        );
+        assert_eq!(c.credentials_file, Some(dir.join("creds")));
+        assert_eq!(c.compression.as_deref(), Some("xz"));
+        assert_eq!(c.compression_level, Some(3));
+        assert_eq!(c.jobs, 7);
+        assert_eq!(c.upstream_keys, vec!["u-1".to_string()]);
+        assert_eq!(c.deps, Deps::Closure);
+        assert!(c.strict && c.verbose && !c.quiet);
+        assert_eq!(c.state_dir, dir.join("state"));
+        assert_eq!(c.config_file, Some(f.clone()));
+        // Environment over file.
+        let env = Env::new(&[
+            ("NARPUSH_CONFIG", &cf),
+            home[0],
+            ("NARPUSH_TO", "file:///from-env"),
+            ("NARPUSH_KEY_FILE", "/e1:/e2"),
+            ("NARPUSH_CREDENTIALS_FILE", "/ecreds"),
+            ("NARPUSH_COMPRESSION", "zstd"),
+            ("NARPUSH_COMPRESSION_LEVEL", "19"),
+            ("NARPUSH_JOBS", "5"),
+            ("NARPUSH_STRICT", "0"),
+            ("NARPUSH_STATE_DIR", "/estate"),
+        ]);
+        let c = resolve_as(args(&["p"]), &env.get(), false).unwrap();
+        assert_eq!(c.to.as_deref(), Some("file:///from-env"));
+        assert_eq!(
+            c.key_files,
+            vec![PathBuf::from("/e1"), PathBuf::from("/e2")]
+        );
+        assert_eq!(c.credentials_file, Some(PathBuf::from("/ecreds")));
+        assert_eq!(c.compression.as_deref(), Some("zstd"));
+        assert_eq!(c.compression_level, Some(19));
+        assert_eq!(c.jobs, 5);
+        assert!(!c.strict);
+        assert_eq!(c.state_dir, PathBuf::from("/estate"));
+        // Command line over environment.
+        let a = args(&[
+            "--to",
+            "file:///cli",
+            "--key-file",
+            "/c1",
+            "--credentials-file",
+            "/ccreds",
+            "--compression",
+            "none",
+            "--compression-level",
+            "9",
+            "--jobs",
+            "3",
+            "--upstream-key",
+            "x-1",
+            "--no-deps",
+            "--quiet",
+            "--state-dir",
+            "/cstate",
+            "--strict",
+            "p",
+        ]);
+        let c = resolve_as(a, &env.get(), false).unwrap();
+        assert_eq!(c.to.as_deref(), Some("file:///cli"));
+        assert_eq!(c.key_files, vec![PathBuf::from("/c1")]);
+        assert_eq!(c.credentials_file, Some(PathBuf::from("/ccreds")));
+        assert_eq!(c.compression.as_deref(), Some("none"));
+        assert_eq!(c.compression_level, None, "a level means nothing for none");
+        assert_eq!(c.jobs, 3);
+        assert_eq!(c.upstream_keys, vec!["x-1".to_string()]);
+        assert_eq!(c.deps, Deps::None);
+        assert!(
+            c.strict && c.quiet && !c.verbose,
+            "--quiet overrides verbose = true in the file"
+        );
+        assert_eq!(c.state_dir, PathBuf::from("/cstate"));
+        // --config over NARPUSH_CONFIG.
+        let other = no_file("precedence-other");
+        let c = resolve_as(args(&["--config", &other, "p"]), &env.get(), false).unwrap();
+        assert_eq!(c.config_file, Some(PathBuf::from(&other)));
+        assert_eq!(c.deps, Deps::Missing);
+    }
+
+    #[test]
+    fn validation_names_the_source() {
+        let cf = no_file("validation");
+        let run = |a: &[&str], vars: &[(&str, &str)]| {
+            let mut all = vec![("NARPUSH_CONFIG", cf.as_str()), ("HOME", "/h")];
+            all.extend_from_slice(vars);
+            usage_msg(resolve_as(args(a), &Env::new(&all).get(), false))
+        };
+        let m = run(&["--compression", "gzip", "p"], &[]);
+        assert_eq!(
+            m,
+            "--compression: unknown compression 'gzip'; use zstd, xz or none"
+        );
+        let m = run(&["p"], &[("NARPUSH_COMPRESSION", "lz4")]);
+        assert!(
+            m.starts_with("NARPUSH_COMPRESSION: unknown compression 'lz4'"),
+            "{m}"
+        );
+        let m = run(&["--compression-level", "23", "p"], &[]);
+        assert_eq!(
+            m,
+            "--compression-level: level 23 is out of range for zstd (1..=22)"
+        );
+        let m = run(
+            &["--compression", "xz", "--compression-level", "10", "p"],
+            &[],
+        );
+        assert!(m.contains("out of range for xz (0..=9)"), "{m}");
+        let m = run(&["p"], &[("NARPUSH_COMPRESSION_LEVEL", "high")]);
+        assert!(m.starts_with("NARPUSH_COMPRESSION_LEVEL='high'"), "{m}");
+        let m = run(&["--jobs", "0", "p"], &[]);
+        assert!(
+            m.starts_with("--jobs: jobs must be between 1 and 1024"),
+            "{m}"
+        );
+        let m = run(&["p"], &[("NARPUSH_JOBS", "x")]);
+        assert!(m.starts_with("NARPUSH_JOBS='x'"), "{m}");
+        let m = run(&["p"], &[("NARPUSH_STRICT", "maybe")]);
+        assert!(m.starts_with("NARPUSH_STRICT='maybe'"), "{m}");
+        let m = run(&["--config", "/nonexistent/narpush.toml", "p"], &[]);
+        assert_eq!(
+            m,
+            "config file /nonexistent/narpush.toml (named by --config) does not exist"
+        );
+        let m = usage_msg(resolve_as(
+            args(&["p"]),
+            &Env::new(&[("NARPUSH_CONFIG", "/nonexistent/n.toml"), ("HOME", "/h")]).get(),
+            false,
+        ));
+        assert!(m.contains("(named by NARPUSH_CONFIG)"), "{m}");
+    }
+
+    fn file_error(name: &str, text: &str) -> String {
+        let f = write_config(name, text);
+        let env = Env::new(&[("HOME", "/h")]);
+        let m = usage_msg(resolve_as(
+            args(&["--config", f.to_str().unwrap(), "p"]),
+            &env.get(),
+            false,
+        ));
+        let prefix = format!("config file {} ", f.display());
+        m.strip_prefix(&prefix)
+            .unwrap_or_else(|| panic!("{m} lacks {prefix}"))
+            .to_string()
+    }
+
+    #[test]
+    fn config_file_errors_have_line_numbers() {
+        let m = file_error("e-unknown", "to = \"file:///c\"\n\nfoo = 1\n");
+        assert!(
+            m.starts_with("line 3: unknown key 'foo'; known keys: to, key-file,"),
+            "{m}"
+        );
+        let m = file_error("e-bare", "# c\ncompression = zstd\n");
+        assert_eq!(
+            m,
+            "line 2: 'zstd' is not a value; strings need quotes: \"zstd\""
+        );
+        let m = file_error("e-type", "jobs = \"4\"\n");
+        assert_eq!(m, "line 1: jobs must be an integer, not a string");
+        let m = file_error("e-range", "\n\njobs = 0\n");
+        assert_eq!(m, "line 3: jobs: jobs must be between 1 and 1024, not 0");
+        let m = file_error("e-level", "compression = \"xz\"\ncompression-level = 12\n");
+        assert_eq!(
+            m,
+            "line 2: compression-level: level 12 is out of range for xz (0..=9)"
+        );
+        let m = file_error("e-comp", "compression = \"gz\"\n");
+        assert!(
+            m.starts_with("line 1: compression: unknown compression 'gz'"),
+            "{m}"
+        );
+        let m = file_error("e-dup", "to = \"a\"\nto = \"b\"\n");
+        assert_eq!(m, "line 2: 'to' is set twice (first on line 1)");
+        let m = file_error("e-alias", "upstream-key = \"a\"\nupstream-keys = [\"b\"]\n");
+        assert!(m.starts_with("line 2: 'upstream-keys' is set twice"), "{m}");
+        let m = file_error("e-noeq", "strict true\n");
+        assert_eq!(m, "line 1: expected '=' after key 'strict'");
+        let m = file_error("e-trailing", "strict = true false\n");
+        assert!(m.starts_with("line 1: unexpected 'false'"), "{m}");
+        let m = file_error("e-unterminated", "to = \"abc\n");
+        assert!(m.starts_with("line 1: unterminated string"), "{m}");
+        let m = file_error("e-array", "key-file = [\"a\",\n  \"b\"\n");
+        assert!(m.starts_with("line 1: unterminated array"), "{m}");
+        let m = file_error("e-array-type", "key-file = [\"a\", 1]\n");
+        assert!(
+            m.starts_with("line 1: key-file must be a list of non-empty strings"),
+            "{m}"
+        );
+        let m = file_error("e-table", "[cache]\nto = \"x\"\n");
+        assert_eq!(m, "line 1: the only table allowed is [narpush]");
+        let m = file_error("e-deps", "no-deps = true\ncloture = true\n");
+        assert!(m.starts_with("line 2: unknown key 'cloture'"), "{m}");
+        let m = file_error("e-deps2", "no-deps = true\nclosure = true\n");
+        assert!(
+            m.starts_with("line 2: 'closure' conflicts with 'no-deps' on line 1"),
+            "{m}"
+        );
+        let m = file_error("e-depsval", "deps = \"all\"\n");
+        assert!(m.starts_with("line 1: deps = \"all\""), "{m}");
+        let m = file_error("e-bool", "strict = 1\n");
+        assert_eq!(m, "line 1: strict must be true or false, not an integer");
+        let m = file_error("e-garbage", "}}}\n");
+        assert!(m.starts_with("line 1: expected a key"), "{m}");
+        let m = file_error(
+            "e-lines",
+            "# one\n[narpush]\nkey-file = [\n  \"a\", # two\n  \"b\",\n]\nbogus = 1\n",
+        );
+        assert!(m.starts_with("line 7: unknown key 'bogus'"), "{m}");
+    }
+
+    #[test]
+    fn toml_subset_values() {
+        let v = parse_toml(
+            "[narpush]\r\na = \"x\\\"y\\u00e9\\n\" # c\nb = 'C:\\raw'\nc = -1_000\nd = [ ]\ne = [\"p\", 'q',]\nf = false\n",
+        )
+        .unwrap();
+        let want = vec![
+            ("a".to_string(), Value::Str("x\"y\u{e9}\n".into()), 2),
+            ("b".to_string(), Value::Str("C:\\raw".into()), 3),
+            ("c".to_string(), Value::Int(-1000), 4),
+            ("d".to_string(), Value::Array(vec![]), 5),
+            (
+                "e".to_string(),
+                Value::Array(vec![Value::Str("p".into()), Value::Str("q".into())]),
+                6,
+            ),
+            ("f".to_string(), Value::Bool(false), 7),
+        ];
+        assert_eq!(v, want);
+        for bad in [
+            "n = 01",
+            "n = 1__0",
+            "n = _1",
+            "n = 1_",
+            "n = 0x10",
+            "n = 1.5",
+            "s = \"\\q\"",
+        ] {
+            assert!(parse_toml(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn default_config_file_is_optional_and_help_reads_nothing() {
+        // help, --version and keygen never read a config file or the environment.
+        let env = Env::new(&[
+            ("NARPUSH_CONFIG", "/nonexistent/n.toml"),
+            ("NARPUSH_JOBS", "x"),
+        ]);
+        let c = resolve_as(args(&["help", "retry"]), &env.get(), false).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Help(cli::help_text(cli::Topic::Retry).into())
+        );
+        let c = resolve_as(args(&["-V"]), &env.get(), false).unwrap();
+        assert_eq!(c.command, Command::Version);
+        let c = resolve_as(args(&["keygen", "n-1"]), &env.get(), false).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Keygen {
+                name: "n-1".into(),
+                out: "n-1".into()
+            }
+        );
+        let c = resolve_as(args(&["keygen", "n-1", "--out", "/k/x"]), &env.get(), false).unwrap();
+        assert_eq!(
+            c.command,
+            Command::Keygen {
+                name: "n-1".into(),
+                out: "/k/x".into()
+            }
+        );
+        let m = usage_msg(resolve_as(args(&["keygen", "a:b"]), &env.get(), false));
+        assert!(m.contains("may not contain ':'"), "{m}");
+    }
+
+    #[test]
+    fn file_booleans_for_deps_and_quiet_verbose_conflict() {
+        let f = write_config("bools", "no-deps = true\nquiet = true\n");
+        let env = Env::new(&[("HOME", "/h")]);
+        let c = resolve_as(
+            args(&["--config", f.to_str().unwrap(), "p"]),
+            &env.get(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.deps, Deps::None);
+        assert!(c.quiet);
+        let c = resolve_as(
+            args(&["--config", f.to_str().unwrap(), "--closure", "-v", "p"]),
+            &env.get(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.deps, Deps::Closure);
+        assert!(c.verbose && !c.quiet);
+        let f = write_config("bools2", "quiet = true\nverbose = true\n");
+        let m = usage_msg(resolve_as(
+            args(&["--config", f.to_str().unwrap(), "p"]),
+            &env.get(),
+            false,
+        ));
+        assert!(m.contains("quiet and verbose are both true"), "{m}");
+    }
+}

@@ -28,7 +28,7 @@ pub fn base64_encode(data: &[u8]) -> String {
 /// only at the end. `None` on anything else.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
     let s = s.as_bytes();
-    if s.len() % 4 != 0 {
+    if !s.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(s.len() / 4 * 3);
@@ -63,7 +63,7 @@ pub fn hex_encode(data: &[u8]) -> String {
 
 /// Hex (either case) to bytes; `None` on odd length or a non-hex digit.
 pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
