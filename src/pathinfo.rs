@@ -584,6 +584,9 @@ pub fn resolve_user_path(arg: &str, store_dir: &str) -> Result<StorePath> {
             .is_some_and(|r| r.starts_with('/'))
     };
     for _ in 0..=MAX_SYMLINK_HOPS {
+        // Drop `.` and trailing slashes: `result/` would make the kernel follow the
+        // symlink, and one hop at a time is the point here.
+        cur = cur.components().collect();
         if let Some(s) = lexical(&cur).filter(|s| in_store(s)) {
             let sp = StorePath::from_full_path(store_dir, &s).map_err(|e| named(&s, e))?;
             return match Path::new(&sp.to_full(store_dir)).symlink_metadata() {
