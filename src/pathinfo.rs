@@ -140,9 +140,11 @@ fn hash_value(v: &Value) -> Option<(String, Vec<u8>)> {
         Value::Object(_) => {
             let algo = v.get("algorithm")?.as_str()?;
             let h = v.get("hash")?.as_str()?;
-            let size = algo_size(algo)?;
-            let sri = v.get("format").and_then(Value::as_str) == Some("base64");
-            Some((algo.to_string(), decode_digest(h, size, sri)?))
+            if let Some((a, b)) = parse_typed_hash(h) {
+                return (a == algo).then(|| (algo.to_string(), b));
+            }
+            // Bare digest: hex, nix32 or base64, told apart by length.
+            Some((algo.to_string(), decode_digest(h, algo_size(algo)?, false)?))
         }
         _ => None,
     }
@@ -349,6 +351,29 @@ fn not_found(program: &str, e: &io::Error) -> Error {
     ))
 }
 
+/// The command line for an error message: options as given, store paths shown
+/// when there is one and counted when there are more.
+fn describe(program: &str, args: &[&str]) -> String {
+    let mut words = vec![program.to_string()];
+    let mut paths = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match *a {
+            "--extra-experimental-features" => {
+                it.next();
+            }
+            a if a.starts_with('/') => paths.push(a),
+            a => words.push(a.to_string()),
+        }
+    }
+    match paths.as_slice() {
+        [] => {}
+        [one] => words.push(one.to_string()),
+        many => words.push(format!("<{} store paths>", many.len())),
+    }
+    words.join(" ")
+}
+
 /// Run a Nix tool; stdout on success, stderr's last line in the error otherwise.
 fn run(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
@@ -360,12 +385,9 @@ fn run(program: &str, args: &[&str]) -> Result<String> {
             _ => Error::Nix(format!("cannot run {program}: {e}")),
         })?;
     if !out.status.success() {
-        let sub = args
-            .iter()
-            .find(|a| !a.starts_with('-') && *a != &"nix-command")
-            .unwrap_or(&"");
         return Err(Error::Nix(format!(
-            "`{program} {sub}` failed ({}): {}",
+            "`{}` failed ({}): {}",
+            describe(program, args),
             out.status,
             last_line(&out.stderr)
         )));
@@ -506,6 +528,13 @@ impl LocalNix {
                 )))
             }
             Err(e) => return Err(Error::io("read derivation", drv, e)),
+        }
+        if drv.extension().is_none_or(|e| e != "drv") {
+            // `nix-store -q --outputs` maps a non-derivation to itself; refuse instead.
+            return Err(Error::Nix(format!(
+                "{} is not a derivation (a .drv file)",
+                drv.display()
+            )));
         }
         let drv_s = drv
             .to_str()
@@ -854,6 +883,48 @@ mod tests {
         assert_eq!(i[0].references, [sp(D), sp(B)]);
         let e = parse_path_info_json(&format!(r#"{{"/gnu/store/{A}":null}}"#), S).unwrap_err();
         assert!(e.to_string().contains("not in the Nix store"), "{e}");
+    }
+
+    #[test]
+    fn structured_hash_objects() {
+        let v = |h: &str| json::parse(h).unwrap();
+        let want = hex32("6c2e60b3f50e5871c63cfe8521182e8c3a14f00d161d6edb85d4cd68d516cdd3");
+        for h in [
+            r#"{"algorithm":"sha256","format":"base64","hash":"bC5gs/UOWHHGPP6FIRgujDoU8A0WHW7bhdTNaNUWzdM="}"#,
+            r#"{"algorithm":"sha256","format":"nix32","hash":"1lyd2vanikflhpdnw78n1pq18flc5qc231gy7k372n0fynrn0bkc"}"#,
+            r#"{"algorithm":"sha256","hash":"6c2e60b3f50e5871c63cfe8521182e8c3a14f00d161d6edb85d4cd68d516cdd3"}"#,
+            r#"{"algorithm":"sha256","format":"sri","hash":"sha256-bC5gs/UOWHHGPP6FIRgujDoU8A0WHW7bhdTNaNUWzdM="}"#,
+        ] {
+            let (algo, bytes) = hash_value(&v(h)).unwrap_or_else(|| panic!("{h}"));
+            assert_eq!(
+                (algo.as_str(), bytes.as_slice()),
+                ("sha256", &want[..]),
+                "{h}"
+            );
+        }
+        let mismatch =
+            r#"{"algorithm":"sha1","hash":"sha256-bC5gs/UOWHHGPP6FIRgujDoU8A0WHW7bhdTNaNUWzdM="}"#;
+        assert_eq!(hash_value(&v(mismatch)), None);
+    }
+
+    #[test]
+    fn error_command_lines() {
+        let args = [
+            "--extra-experimental-features",
+            "nix-command",
+            "path-info",
+            "--json",
+            "/nix/store/a",
+            "/nix/store/b",
+        ];
+        assert_eq!(
+            describe("nix", &args),
+            "nix path-info --json <2 store paths>"
+        );
+        assert_eq!(
+            describe("nix-store", &["--query", "--outputs", "/nix/store/x.drv"]),
+            "nix-store --query --outputs /nix/store/x.drv"
+        );
     }
 
     #[test]

@@ -228,6 +228,27 @@ fn valid_outputs_of_two_output_derivation() {
         .unwrap_err()
         .to_string();
     assert_eq!(e, format!("derivation {missing} does not exist"));
+
+    // Not a derivation; a .drv outside the store (nix-store's own error, last line).
+    let e = nix
+        .valid_outputs_of(file.as_path())
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        e,
+        format!("{} is not a derivation (a .drv file)", file.display())
+    );
+    let outside = dir.join("fake.drv");
+    std::fs::write(&outside, "Derive([])").unwrap();
+    let e = nix.valid_outputs_of(&outside).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!(
+            "`nix-store --query --outputs {}` failed",
+            outside.display()
+        )),
+        "{e}"
+    );
+    assert!(e.contains("is not in the Nix store"), "{e}");
 }
 
 #[test]
