@@ -343,3 +343,30 @@ fn pathdiff_to_cwd(p: &Path) -> String {
     s.push_str(p.to_str().unwrap().trim_start_matches('/'));
     s
 }
+
+#[test]
+fn batches_beyond_one_call() {
+    // 2500 paths take three child processes of 1000 each.
+    let nix = local_nix();
+    let (dir, tag) = scratch("batches");
+    let file = dir.join("batched.txt");
+    std::fs::write(&file, format!("narpush batched {tag}\n")).unwrap();
+    let valid = store_path(&nix, &sh("nix-store", &["--add", file.to_str().unwrap()]));
+    let mut many = Vec::new();
+    for i in 0..2500 {
+        if i % 2 == 0 {
+            many.push(valid.clone());
+        } else {
+            let base = format!("{}-narpush-missing-{i}", "0".repeat(32));
+            many.push(StorePath::from_base_name(&base).unwrap());
+        }
+    }
+    let got = nix.valid_paths(&many).unwrap();
+    assert_eq!(got.len(), 1250);
+    assert!(got.iter().all(|p| *p == valid));
+
+    let same = vec![valid.clone(); 2500];
+    let infos = nix.query(&same, false).unwrap();
+    assert_eq!(infos.len(), 1, "results are de-duplicated across batches");
+    assert_eq!(infos[0].path, valid);
+}
