@@ -1,17 +1,1285 @@
-//! placeholder: the S3 operations (written by the S3 transport work).
-use std::fmt;
+//! The S3 operations narpush needs, over one ureq `Agent`: objects (HEAD, GET, PUT,
+//! batch DELETE, ListObjectsV2), multipart uploads (create, part, complete, abort,
+//! list) and `StreamingUpload`, which turns a stream of unknown length into one
+//! PutObject or a multipart upload with bounded memory. Every request is signed with
+//! SigV4 over its whole body and sent with a Content-Length (never chunked).
+//! Failures keep S3's XML error (`<Code>`, `<Message>`) with the operation, key,
+//! bucket and endpoint, and transient ones are retried with capped exponential
+//! backoff and full jitter inside a total time budget. Credentials and signatures
+//! never appear in an error or a log line ([`redact_authorization`]).
 
-#[derive(Debug)]
-pub struct S3Error;
+use crate::creds::Credentials;
+use crate::error::Error;
+use crate::sigv4;
+use crate::store_url::{Endpoint, S3Url, MIN_PART_SIZE};
+use std::fmt;
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use crate::sigv4::redact_authorization;
+
+/// Most parts a multipart upload may have.
+pub const MAX_PARTS: u64 = 10_000;
+/// Largest part S3 accepts.
+pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Error bodies are read up to this many bytes.
+const MAX_ERROR_BODY: u64 = 64 * 1024;
+
+/// When and how often to retry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Backoff base: the n-th retry sleeps a random time up to `base * 2^(n-1)`.
+    pub base_delay: Duration,
+    /// Cap of one sleep.
+    pub max_delay: Duration,
+    /// Total time budget of one operation, sleeps included.
+    pub max_total: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(5),
+            max_total: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The sleep before retry number `retry` (1-based), full jitter: `rand01` in
+    /// [0, 1) times `min(max_delay, base * 2^(retry-1))`.
+    pub fn backoff(&self, retry: u32, rand01: f64) -> Duration {
+        let exp = self.base_delay.saturating_mul(
+            1u32.checked_shl(retry.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        );
+        exp.min(self.max_delay).mul_f64(rand01.clamp(0.0, 1.0))
+    }
+}
+
+/// Everything a [`Client`] needs.
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub endpoint: Endpoint,
+    pub bucket: String,
+    pub region: String,
+    pub path_style: bool,
+    pub credentials: Credentials,
+    pub retry: RetryPolicy,
+    pub connect_timeout: Duration,
+    pub io_timeout: Duration,
+    /// `x-amz-storage-class` for new objects.
+    pub storage_class: Option<String>,
+    /// A PEM CA bundle to trust instead of the environment's (see `tls`).
+    pub trust_file: Option<PathBuf>,
+}
+
+impl S3Config {
+    pub fn from_url(url: &S3Url, creds: Credentials) -> S3Config {
+        S3Config {
+            endpoint: url.endpoint.clone(),
+            bucket: url.bucket.clone(),
+            region: url.region.clone(),
+            path_style: url.path_style(),
+            credentials: creds,
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            storage_class: url.storage_class.clone(),
+            trust_file: None,
+        }
+    }
+}
+
+/// What went wrong with a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum S3ErrorKind {
+    /// The server answered with an error status (or a 200 carrying `<Error>`).
+    Status {
+        status: u16,
+        code: Option<String>,
+        message: Option<String>,
+    },
+    /// No usable answer: connection, TLS, timeout, or the connection dropped.
+    Transport {
+        kind: TransportKind,
+        message: String,
+    },
+    /// An answer we could not make sense of.
+    Protocol(String),
+    /// Misuse detected locally (too many parts, an upload already failed, …).
+    Local(String),
+}
+
+/// Classes of transport failure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    Dns,
+    Connect,
+    Timeout,
+    /// The server's certificate did not verify.
+    Tls,
+    /// The connection broke mid-request or mid-response.
+    Io,
+    Other,
+}
+
+/// A failed S3 operation, with what it was done to. Boxed so that `Result`s stay
+/// small; the fields are reached through `Deref` (`e.operation`, `e.kind`, …).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Error(pub Box<S3ErrorInfo>);
+
+impl std::ops::Deref for S3Error {
+    type Target = S3ErrorInfo;
+    fn deref(&self) -> &S3ErrorInfo {
+        &self.0
+    }
+}
+
+impl From<S3ErrorInfo> for S3Error {
+    fn from(info: S3ErrorInfo) -> S3Error {
+        S3Error(Box::new(info))
+    }
+}
+
+/// The details of an [`S3Error`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3ErrorInfo {
+    pub operation: &'static str,
+    pub key: Option<String>,
+    pub bucket: String,
+    /// `scheme://host[:port]`.
+    pub endpoint: String,
+    pub kind: S3ErrorKind,
+    /// Attempts made (1 when not retried).
+    pub attempts: u32,
+    /// Time spent, retries included.
+    pub elapsed: Duration,
+}
+
+/// S3 error codes worth retrying.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeTooSkewed",
+    "OperationAborted",
+];
 
 impl S3Error {
+    /// Worth retrying: 5xx, 429, throttling/timeouts, dropped connections.
     pub fn is_transient(&self) -> bool {
-        false
+        match &self.kind {
+            S3ErrorKind::Status { status, code, .. } => {
+                *status >= 500
+                    || *status == 429
+                    || code
+                        .as_deref()
+                        .is_some_and(|c| TRANSIENT_CODES.contains(&c))
+            }
+            S3ErrorKind::Transport { kind, .. } => {
+                matches!(
+                    kind,
+                    TransportKind::Connect | TransportKind::Timeout | TransportKind::Io
+                )
+            }
+            S3ErrorKind::Protocol(_) | S3ErrorKind::Local(_) => false,
+        }
+    }
+
+    /// The HTTP status, if the server answered.
+    pub fn status(&self) -> Option<u16> {
+        match &self.kind {
+            S3ErrorKind::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The S3 error code (`NoSuchBucket`, …), if any.
+    pub fn code(&self) -> Option<&str> {
+        match &self.kind {
+            S3ErrorKind::Status { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Recover an `S3Error` carried in an `io::Error` (from `StreamingUpload`'s
+    /// `Write`), or give the `io::Error` back.
+    pub fn from_io(e: std::io::Error) -> Result<S3Error, std::io::Error> {
+        if !e.get_ref().is_some_and(|i| i.is::<S3Error>()) {
+            return Err(e);
+        }
+        let kind = e.kind();
+        match e.into_inner().map(|i| i.downcast::<S3Error>()) {
+            Some(Ok(s3)) => Ok(*s3),
+            Some(Err(other)) => Err(std::io::Error::new(kind, other)),
+            None => Err(std::io::Error::from(kind)),
+        }
+    }
+
+    fn hint(&self) -> Option<&'static str> {
+        match &self.kind {
+            S3ErrorKind::Status { status, code, .. } => match code.as_deref() {
+                Some("SignatureDoesNotMatch") => Some("check the secret key"),
+                Some("InvalidAccessKeyId") => Some("check the access key id"),
+                Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
+                Some("AccessDenied") => Some("check the key's bucket policy and permissions"),
+                Some("RequestTimeTooSkewed") => Some("check this machine's clock"),
+                Some("InvalidPart") | Some("InvalidPartOrder") => {
+                    Some("the upload was aborted; retry the push")
+                }
+                Some("PermanentRedirect") | Some("AuthorizationHeaderMalformed") => {
+                    Some("check region= in the store URL")
+                }
+                _ if *status == 301 || *status == 307 => Some("check region= in the store URL"),
+                _ => None,
+            },
+            S3ErrorKind::Transport { kind: TransportKind::Tls, .. } => Some(
+                "if the server uses a private CA, point SSL_CERT_FILE or NIX_SSL_CERT_FILE at its PEM file",
+            ),
+            S3ErrorKind::Transport { kind: TransportKind::Connect, .. } => {
+                Some("check that the server is running and endpoint= is right")
+            }
+            S3ErrorKind::Transport { kind: TransportKind::Dns, .. } => {
+                Some("check the host name in endpoint=")
+            }
+            _ => None,
+        }
     }
 }
 
 impl fmt::Display for S3Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("s3 error")
+        f.write_str(self.operation)?;
+        if let Some(k) = &self.key {
+            write!(f, " {k}")?;
+        }
+        write!(f, " on bucket '{}' at {}: ", self.bucket, self.endpoint)?;
+        match &self.kind {
+            S3ErrorKind::Status {
+                status,
+                code,
+                message,
+            } => {
+                write!(f, "HTTP {status}")?;
+                if let Some(c) = code {
+                    write!(f, " {c}")?;
+                }
+                if let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
+                    write!(f, ": {}", m.trim_end_matches('.'))?;
+                }
+            }
+            S3ErrorKind::Transport { message, .. } => f.write_str(message)?,
+            S3ErrorKind::Protocol(m) | S3ErrorKind::Local(m) => f.write_str(m)?,
+        }
+        if self.attempts > 1 {
+            write!(
+                f,
+                " (after {} attempts in {:.1}s)",
+                self.attempts,
+                self.elapsed.as_secs_f64()
+            )?;
+        }
+        if let Some(h) = self.hint() {
+            write!(f, "; {h}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for S3Error {}
+
+/// An S3 client for one bucket; cheap to clone and shareable across threads.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: S3Config,
+    agent: ureq::Agent,
+    rng: AtomicU64,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("bucket", &self.inner.cfg.bucket)
+            .finish()
+    }
+}
+
+/// A response, read whole.
+struct Resp {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Resp {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One request to make (possibly several times).
+struct Call<'a> {
+    op: &'static str,
+    key: Option<&'a str>,
+    method: &'static str,
+    query: &'a [(&'a str, &'a str)],
+    headers: &'a [(&'a str, &'a str)],
+    body: &'a [u8],
+}
+
+impl Client {
+    pub fn new(cfg: S3Config) -> Result<Client, Error> {
+        let mut builder = ureq::AgentBuilder::new()
+            .timeout_connect(cfg.connect_timeout)
+            .timeout_read(cfg.io_timeout)
+            .timeout_write(cfg.io_timeout)
+            .redirects(0)
+            .user_agent(concat!("narpush/", env!("CARGO_PKG_VERSION")));
+        if cfg.endpoint.scheme == crate::store_url::Scheme::Https {
+            builder =
+                builder.tls_config(crate::tls::client_config_with(cfg.trust_file.as_deref())?);
+        }
+        let seed = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x9e37_79b9_7f4a_7c15)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        Ok(Client {
+            inner: Arc::new(Inner {
+                agent: builder.build(),
+                cfg,
+                rng: AtomicU64::new(seed | 1),
+            }),
+        })
+    }
+
+    /// e.g. `bucket 'nix-cache' at http://127.0.0.1:9000`.
+    pub fn describe(&self) -> String {
+        format!(
+            "bucket '{}' at {}",
+            self.inner.cfg.bucket,
+            self.inner.cfg.endpoint.base_url()
+        )
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.inner.cfg
+    }
+
+    /// Size of the object, `None` if it does not exist (404).
+    pub fn head_object(&self, key: &str) -> Result<Option<u64>, S3Error> {
+        let call = Call {
+            op: "HeadObject",
+            key: Some(key),
+            method: "HEAD",
+            query: &[],
+            headers: &[],
+            body: &[],
+        };
+        match self.execute(&call) {
+            Ok(r) => {
+                let len = r
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse().ok());
+                len.map(Some)
+                    .ok_or_else(|| self.protocol(&call, "no Content-Length in the answer"))
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The object's bytes, `None` if there is no such key.
+    pub fn get_object(&self, key: &str) -> Result<Option<Vec<u8>>, S3Error> {
+        let call = Call {
+            op: "GetObject",
+            key: Some(key),
+            method: "GET",
+            query: &[],
+            headers: &[],
+            body: &[],
+        };
+        match self.execute(&call) {
+            Ok(r) => Ok(Some(r.body)),
+            Err(e) if e.status() == Some(404) && e.code() != Some("NoSuchBucket") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn put_object(&self, key: &str, body: &[u8], content_type: &str) -> Result<(), S3Error> {
+        let mut headers = vec![("content-type", content_type)];
+        if let Some(sc) = &self.inner.cfg.storage_class {
+            headers.push(("x-amz-storage-class", sc));
+        }
+        let call = Call {
+            op: "PutObject",
+            key: Some(key),
+            method: "PUT",
+            query: &[],
+            headers: &headers,
+            body,
+        };
+        self.execute(&call).map(drop)
+    }
+
+    /// Start a multipart upload; returns its upload id.
+    pub fn create_multipart_upload(
+        &self,
+        key: &str,
+        content_type: &str,
+    ) -> Result<String, S3Error> {
+        let mut headers = vec![("content-type", content_type)];
+        if let Some(sc) = &self.inner.cfg.storage_class {
+            headers.push(("x-amz-storage-class", sc));
+        }
+        let call = Call {
+            op: "CreateMultipartUpload",
+            key: Some(key),
+            method: "POST",
+            query: &[("uploads", "")],
+            headers: &headers,
+            body: &[],
+        };
+        let r = self.execute(&call)?;
+        let text = String::from_utf8_lossy(&r.body);
+        xml::text(&text, "UploadId")
+            .filter(|id| !id.is_empty())
+            .ok_or_else(|| self.protocol(&call, "no <UploadId> in the answer"))
+    }
+
+    /// Upload one part; returns its ETag (quotes included, as S3 sends it).
+    pub fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part_number: u32,
+        body: &[u8],
+    ) -> Result<String, S3Error> {
+        let n = part_number.to_string();
+        let query = [("partNumber", n.as_str()), ("uploadId", upload_id)];
+        let call = Call {
+            op: "UploadPart",
+            key: Some(key),
+            method: "PUT",
+            query: &query,
+            headers: &[],
+            body,
+        };
+        let r = self.execute(&call)?;
+        r.header("etag")
+            .map(str::to_string)
+            .ok_or_else(|| self.protocol(&call, "no ETag in the answer"))
+    }
+
+    pub fn complete_multipart_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<(), S3Error> {
+        let mut body = String::from(
+            "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
+        );
+        for (n, etag) in parts {
+            body.push_str(&format!(
+                "<Part><PartNumber>{n}</PartNumber><ETag>{}</ETag></Part>",
+                xml::escape(etag)
+            ));
+        }
+        body.push_str("</CompleteMultipartUpload>");
+        let call = Call {
+            op: "CompleteMultipartUpload",
+            key: Some(key),
+            method: "POST",
+            query: &[("uploadId", upload_id)],
+            headers: &[("content-type", "application/xml")],
+            body: body.as_bytes(),
+        };
+        self.execute(&call).map(drop)
+    }
+
+    /// Abort a multipart upload; an upload that no longer exists is fine.
+    pub fn abort_multipart_upload(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        let call = Call {
+            op: "AbortMultipartUpload",
+            key: Some(key),
+            method: "DELETE",
+            query: &[("uploadId", upload_id)],
+            headers: &[],
+            body: &[],
+        };
+        match self.execute(&call) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("NoSuchUpload") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// All `(key, size)` under `prefix`, following continuation tokens.
+    pub fn list_objects_v2(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = vec![("list-type", "2"), ("prefix", prefix)];
+            if let Some(t) = &token {
+                query.push(("continuation-token", t));
+            }
+            let call = Call {
+                op: "ListObjectsV2",
+                key: None,
+                method: "GET",
+                query: &query,
+                headers: &[],
+                body: &[],
+            };
+            let r = self.execute(&call)?;
+            let text = String::from_utf8_lossy(&r.body);
+            for c in xml::blocks(&text, "Contents") {
+                let key = xml::text(c, "Key")
+                    .ok_or_else(|| self.protocol(&call, "a <Contents> without <Key>"))?;
+                let size = xml::text(c, "Size")
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(|| self.protocol(&call, "a <Contents> without a numeric <Size>"))?;
+                out.push((key, size));
+            }
+            if xml::text(&text, "IsTruncated").as_deref() != Some("true") {
+                return Ok(out);
+            }
+            match xml::text(&text, "NextContinuationToken").filter(|t| !t.is_empty()) {
+                Some(t) if Some(&t) != token.as_ref() => token = Some(t),
+                _ => {
+                    return Err(self.protocol(
+                        &call,
+                        "a truncated listing without a new NextContinuationToken",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Multipart uploads in progress: `(key, upload id)`.
+    pub fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>, S3Error> {
+        let mut out = Vec::new();
+        let mut markers: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![("uploads", "")];
+            if let Some((k, u)) = &markers {
+                query.push(("key-marker", k));
+                query.push(("upload-id-marker", u));
+            }
+            let call = Call {
+                op: "ListMultipartUploads",
+                key: None,
+                method: "GET",
+                query: &query,
+                headers: &[],
+                body: &[],
+            };
+            let r = self.execute(&call)?;
+            let text = String::from_utf8_lossy(&r.body);
+            for u in xml::blocks(&text, "Upload") {
+                match (xml::text(u, "Key"), xml::text(u, "UploadId")) {
+                    (Some(k), Some(id)) => out.push((k, id)),
+                    _ => {
+                        return Err(self.protocol(&call, "an <Upload> without <Key> or <UploadId>"))
+                    }
+                }
+            }
+            if xml::text(&text, "IsTruncated").as_deref() != Some("true") {
+                return Ok(out);
+            }
+            let next = (
+                xml::text(&text, "NextKeyMarker").unwrap_or_default(),
+                xml::text(&text, "NextUploadIdMarker").unwrap_or_default(),
+            );
+            if next.0.is_empty() || Some(&next) == markers.as_ref() {
+                return Err(self.protocol(&call, "a truncated listing without new markers"));
+            }
+            markers = Some(next);
+        }
+    }
+
+    /// Delete keys, 1000 per request; a key that does not exist is not an error.
+    pub fn delete_objects(&self, keys: &[String]) -> Result<(), S3Error> {
+        use md5::Digest;
+        for batch in keys.chunks(1000) {
+            let mut body = String::from(
+                "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>",
+            );
+            for k in batch {
+                body.push_str(&format!("<Object><Key>{}</Key></Object>", xml::escape(k)));
+            }
+            body.push_str("</Delete>");
+            let md5 = crate::encoding::base64_encode(&md5::Md5::digest(body.as_bytes()));
+            let headers = [
+                ("content-type", "application/xml"),
+                ("content-md5", md5.as_str()),
+            ];
+            let call = Call {
+                op: "DeleteObjects",
+                key: None,
+                method: "POST",
+                query: &[("delete", "")],
+                headers: &headers,
+                body: body.as_bytes(),
+            };
+            let r = self.execute(&call)?;
+            let text = String::from_utf8_lossy(&r.body);
+            if let Some(e) = xml::blocks(&text, "Error").first() {
+                let key = xml::text(e, "Key");
+                return Err(S3ErrorInfo {
+                    key,
+                    kind: S3ErrorKind::Status {
+                        status: r.status,
+                        code: xml::text(e, "Code"),
+                        message: xml::text(e, "Message"),
+                    },
+                    ..self.error_base(&call)
+                }
+                .into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Create the bucket; one that exists and is ours already is fine.
+    pub fn create_bucket(&self) -> Result<(), S3Error> {
+        let cfg = &self.inner.cfg;
+        let body = if cfg.region == "us-east-1" {
+            String::new()
+        } else {
+            format!(
+                "<CreateBucketConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">\
+                 <LocationConstraint>{}</LocationConstraint></CreateBucketConfiguration>",
+                xml::escape(&cfg.region)
+            )
+        };
+        let call = Call {
+            op: "CreateBucket",
+            key: None,
+            method: "PUT",
+            query: &[],
+            headers: &[],
+            body: body.as_bytes(),
+        };
+        match self.execute(&call) {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn error_base(&self, call: &Call<'_>) -> S3ErrorInfo {
+        self.error_for(call.op, call.key)
+    }
+
+    fn error_for(&self, operation: &'static str, key: Option<&str>) -> S3ErrorInfo {
+        S3ErrorInfo {
+            operation,
+            key: key.map(str::to_string),
+            bucket: self.inner.cfg.bucket.clone(),
+            endpoint: self.inner.cfg.endpoint.base_url(),
+            kind: S3ErrorKind::Local(String::new()),
+            attempts: 1,
+            elapsed: Duration::ZERO,
+        }
+    }
+
+    fn protocol(&self, call: &Call<'_>, what: &str) -> S3Error {
+        S3ErrorInfo {
+            kind: S3ErrorKind::Protocol(format!("unexpected answer: {what}")),
+            ..self.error_base(call)
+        }
+        .into()
+    }
+
+    fn random01(&self) -> f64 {
+        // xorshift64*: jitter only, not security.
+        let mut x = self.inner.rng.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.inner.rng.store(x, Ordering::Relaxed);
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Host header value and unencoded path for `key` (or the bucket itself).
+    fn target(&self, key: Option<&str>) -> (String, String) {
+        let cfg = &self.inner.cfg;
+        let key = key.unwrap_or("");
+        if cfg.path_style {
+            let path = if key.is_empty() {
+                format!("/{}", cfg.bucket)
+            } else {
+                format!("/{}/{key}", cfg.bucket)
+            };
+            (cfg.endpoint.authority(), path)
+        } else {
+            let host = format!("{}.{}", cfg.bucket, cfg.endpoint.host);
+            let ep = Endpoint {
+                host,
+                ..cfg.endpoint.clone()
+            };
+            (ep.authority(), format!("/{key}"))
+        }
+    }
+
+    /// Run a call with retries.
+    fn execute(&self, call: &Call<'_>) -> Result<Resp, S3Error> {
+        let policy = &self.inner.cfg.retry;
+        let start = Instant::now();
+        let payload_hash = sigv4::sha256_hex(call.body);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (result, retry_after) = self.attempt(call, &payload_hash);
+            let err = match result {
+                Ok(r) => return Ok(r),
+                Err(kind) => S3Error::from(S3ErrorInfo {
+                    kind,
+                    attempts: attempt,
+                    elapsed: start.elapsed(),
+                    ..self.error_base(call)
+                }),
+            };
+            if !err.is_transient() || attempt >= policy.max_attempts.max(1) {
+                return Err(err);
+            }
+            let remaining = policy.max_total.saturating_sub(start.elapsed());
+            let mut sleep = policy.backoff(attempt, self.random01());
+            if let Some(ra) = retry_after {
+                sleep = sleep.max(ra);
+            }
+            // Retry-After is honoured up to the remaining budget.
+            let sleep = sleep.min(remaining);
+            if remaining < Duration::from_millis(50) {
+                return Err(err);
+            }
+            std::thread::sleep(sleep);
+        }
+    }
+
+    /// One attempt: the response, or the failure and any Retry-After.
+    fn attempt(
+        &self,
+        call: &Call<'_>,
+        payload_hash: &str,
+    ) -> (Result<Resp, S3ErrorKind>, Option<Duration>) {
+        let cfg = &self.inner.cfg;
+        let (host, path) = self.target(call.key);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let req = sigv4::Request {
+            method: call.method,
+            host: &host,
+            path: &path,
+            query: call.query,
+            headers: call.headers,
+            payload_sha256: payload_hash,
+        };
+        let signed = sigv4::sign(
+            &req,
+            &cfg.credentials,
+            &cfg.region,
+            "s3",
+            sigv4::UtcTime::from_unix(now),
+        );
+        let query = sigv4::canonical_query(call.query);
+        let mut url = format!(
+            "{}://{host}{}",
+            cfg.endpoint.scheme.as_str(),
+            sigv4::canonical_uri(&path)
+        );
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(&query);
+        }
+        let mut r = self.inner.agent.request(call.method, &url);
+        for (n, v) in call.headers {
+            r = r.set(n, v);
+        }
+        for (n, v) in &signed {
+            r = r.set(n, v);
+        }
+        let sent = if call.body.is_empty() && matches!(call.method, "GET" | "HEAD" | "DELETE") {
+            r.call()
+        } else {
+            r.send_bytes(call.body)
+        };
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(ureq::Error::Status(_, resp)) => resp,
+            Err(ureq::Error::Transport(t)) => return (Err(transport_kind(&t)), None),
+        };
+        let status = resp.status();
+        let headers: Vec<(String, String)> = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
+            .collect();
+        let ok = (200..300).contains(&status);
+        let limit = if ok { u64::MAX } else { MAX_ERROR_BODY };
+        let mut body = Vec::new();
+        if call.method != "HEAD" {
+            if let Err(e) = resp.into_reader().take(limit).read_to_end(&mut body) {
+                let kind = if e.kind() == std::io::ErrorKind::TimedOut
+                    || e.kind() == std::io::ErrorKind::WouldBlock
+                {
+                    TransportKind::Timeout
+                } else {
+                    TransportKind::Io
+                };
+                return (
+                    Err(S3ErrorKind::Transport {
+                        kind,
+                        message: format!("reading the answer failed: {e}"),
+                    }),
+                    None,
+                );
+            }
+        }
+        let resp = Resp {
+            status,
+            headers,
+            body,
+        };
+        let text = String::from_utf8_lossy(&resp.body);
+        // CompleteMultipartUpload (and CopyObject) can answer 200 with an <Error> body.
+        let error_in_200 = ok && call.op == "CompleteMultipartUpload" && text.contains("<Error>");
+        if ok && !error_in_200 {
+            return (Ok(resp), None);
+        }
+        let retry_after = resp
+            .header("retry-after")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let (mut code, message) = (xml::text(&text, "Code"), xml::text(&text, "Message"));
+        if code.is_none() {
+            code = match status {
+                403 => Some("AccessDenied".to_string()),
+                404 if call.key.is_none() => Some("NoSuchBucket".to_string()),
+                _ => None,
+            };
+        }
+        let status = if error_in_200 && code.as_deref() == Some("InternalError") {
+            500
+        } else {
+            status
+        };
+        (
+            Err(S3ErrorKind::Status {
+                status,
+                code,
+                message,
+            }),
+            retry_after,
+        )
+    }
+}
+
+/// Classify a ureq transport error and phrase it (no URL: the caller names the
+/// endpoint).
+fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
+    use std::error::Error as _;
+    let mut chain = String::new();
+    let mut timeout = false;
+    let mut refused = false;
+    let mut src: Option<&(dyn std::error::Error + 'static)> = t.source();
+    while let Some(e) = src {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            timeout |= matches!(
+                io.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            );
+            refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
+        }
+        chain.push_str(&format!(": {e}"));
+        src = e.source();
+    }
+    let all = format!("{}{chain}", t.message().unwrap_or(""));
+    let tls = all.contains("invalid peer certificate")
+        || all.contains("UnknownIssuer")
+        || all.contains("certificate");
+    let kind = match t.kind() {
+        _ if tls => TransportKind::Tls,
+        _ if timeout => TransportKind::Timeout,
+        ureq::ErrorKind::Dns => TransportKind::Dns,
+        ureq::ErrorKind::ConnectionFailed => TransportKind::Connect,
+        ureq::ErrorKind::Io => TransportKind::Io,
+        _ => TransportKind::Other,
+    };
+    let what = match kind {
+        TransportKind::Tls => "the server's TLS certificate is not trusted",
+        TransportKind::Timeout => "timed out",
+        TransportKind::Dns => "cannot resolve the host",
+        TransportKind::Connect if refused => "cannot connect (connection refused)",
+        TransportKind::Connect => "cannot connect",
+        TransportKind::Io => "the connection failed",
+        TransportKind::Other => "request failed",
+    };
+    let detail = chain.trim_start_matches(": ");
+    let message = if detail.is_empty() {
+        what.to_string()
+    } else {
+        format!("{what}: {detail}")
+    };
+    S3ErrorKind::Transport { kind, message }
+}
+
+/// The part size for a stream of about `expected_len` bytes: at least `min_part`
+/// (and S3's 5 MiB), grown in whole MiB so the stream fits in 10,000 parts.
+pub fn part_size_for(expected_len: u64, min_part: usize) -> usize {
+    const MIB: u64 = 1024 * 1024;
+    let min = (min_part as u64).max(MIN_PART_SIZE);
+    let needed = expected_len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    needed.max(min).min(MAX_PART_SIZE) as usize
+}
+
+/// Streams one object of unknown length with bounded memory: buffers up to part_size;
+/// if the stream ends before the buffer fills, a single PutObject; otherwise a multipart
+/// upload whose parts are all exactly part_size except the last (Cloudflare R2 needs that),
+/// growing part_size up front from `expected_len` so there are never more than 10,000 parts.
+/// Any error, or dropping it unfinished, aborts the multipart upload (no orphans).
+pub struct StreamingUpload {
+    client: Client,
+    key: String,
+    content_type: &'static str,
+    part_size: usize,
+    buf: Vec<u8>,
+    upload_id: Option<String>,
+    parts: Vec<(u32, String)>,
+    total: u64,
+    failed: Option<S3Error>,
+    finished: bool,
+}
+
+impl StreamingUpload {
+    pub fn new(
+        client: &Client,
+        key: String,
+        content_type: &'static str,
+        part_size: usize,
+        expected_len: u64,
+    ) -> StreamingUpload {
+        let part_size = part_size_for(expected_len, part_size);
+        StreamingUpload {
+            client: client.clone(),
+            key,
+            content_type,
+            part_size,
+            buf: Vec::new(),
+            upload_id: None,
+            parts: Vec::new(),
+            total: 0,
+            failed: None,
+            finished: false,
+        }
+    }
+
+    /// The part size in use.
+    pub fn part_size(&self) -> usize {
+        self.part_size
+    }
+
+    /// Upload what is buffered and complete; returns the object's size.
+    pub fn finish(mut self) -> Result<u64, S3Error> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let result = match self.upload_id.clone() {
+            None => self
+                .client
+                .put_object(&self.key, &self.buf, self.content_type),
+            Some(id) => {
+                let r = if self.buf.is_empty() {
+                    Ok(())
+                } else {
+                    self.upload_buffered()
+                };
+                r.and_then(|()| {
+                    self.client
+                        .complete_multipart_upload(&self.key, &id, &self.parts)
+                })
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.finished = true;
+                Ok(self.total)
+            }
+            Err(e) => {
+                self.abort_quietly();
+                Err(e)
+            }
+        }
+    }
+
+    /// Give up, aborting any multipart upload.
+    pub fn abort(mut self) {
+        self.abort_quietly();
+    }
+
+    fn abort_quietly(&mut self) {
+        self.finished = true;
+        if let Some(id) = self.upload_id.take() {
+            // Best effort: the upload failed already; its error is the one to report.
+            let _ = self.client.abort_multipart_upload(&self.key, &id);
+        }
+    }
+
+    fn upload_buffered(&mut self) -> Result<(), S3Error> {
+        let id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self
+                    .client
+                    .create_multipart_upload(&self.key, self.content_type)?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        let n = self.parts.len() as u32 + 1;
+        if u64::from(n) > MAX_PARTS {
+            return Err(S3ErrorInfo {
+                kind: S3ErrorKind::Local(format!(
+                    "the stream needs more than {MAX_PARTS} parts of {} bytes; the expected length given was too small",
+                    self.part_size
+                )),
+                ..self.client.error_for("UploadPart", Some(&self.key))
+            }
+            .into());
+        }
+        let etag = self.client.upload_part(&self.key, &id, n, &self.buf)?;
+        self.parts.push((n, etag));
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl std::io::Write for StreamingUpload {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::other(e.clone()));
+        }
+        if data.is_empty() {
+            return Ok(0);
+        }
+        // A full buffer is sent only once more data arrives, so a stream of exactly
+        // one part is a single PutObject.
+        if self.buf.len() == self.part_size {
+            if let Err(e) = self.upload_buffered() {
+                self.abort_quietly();
+                self.failed = Some(e.clone());
+                return Err(std::io::Error::other(e));
+            }
+        }
+        if self.buf.capacity() == 0 {
+            self.buf
+                .reserve_exact(self.part_size.min(data.len().max(64 * 1024)));
+        }
+        let n = data.len().min(self.part_size - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.total += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for StreamingUpload {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abort_quietly();
+        }
+    }
+}
+
+/// Just enough XML for S3's answers: the text of the first `<Tag>…</Tag>` and the
+/// bodies of repeated blocks, with the five predefined entities decoded.
+mod xml {
+    pub fn blocks<'a>(s: &'a str, tag: &str) -> Vec<&'a str> {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        let mut out = Vec::new();
+        let mut rest = s;
+        while let Some(i) = rest.find(&open) {
+            let after = &rest[i + open.len()..];
+            let Some(j) = after.find(&close) else { break };
+            out.push(&after[..j]);
+            rest = &after[j + close.len()..];
+        }
+        out
+    }
+
+    pub fn text(s: &str, tag: &str) -> Option<String> {
+        blocks(s, tag).first().map(|t| unescape(t))
+    }
+
+    pub fn unescape(s: &str) -> String {
+        s.replace("&lt;", "<")
+            .replace("&gt;", ">")
+            .replace("&quot;", "\"")
+            .replace("&apos;", "'")
+            .replace("&#34;", "\"")
+            .replace("&amp;", "&")
+    }
+
+    pub fn escape(s: &str) -> String {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&apos;")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(kind: S3ErrorKind) -> S3Error {
+        S3Error::from(S3ErrorInfo {
+            operation: "PutObject",
+            key: Some("nar/abc.nar.zst".into()),
+            bucket: "nix-cache".into(),
+            endpoint: "http://127.0.0.1:9000".into(),
+            kind,
+            attempts: 1,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    fn status(status: u16, code: &str) -> S3ErrorKind {
+        S3ErrorKind::Status {
+            status,
+            code: Some(code.into()),
+            message: Some("msg.".into()),
+        }
+    }
+
+    #[test]
+    fn display_is_one_line_with_hint() {
+        let e = err(S3ErrorKind::Status {
+            status: 403,
+            code: Some("SignatureDoesNotMatch".into()),
+            message: Some(
+                "The request signature we calculated does not match the signature you provided."
+                    .into(),
+            ),
+        });
+        assert_eq!(
+            e.to_string(),
+            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: HTTP 403 SignatureDoesNotMatch: \
+             The request signature we calculated does not match the signature you provided; check the secret key"
+        );
+        let mut e = err(S3ErrorKind::Transport {
+            kind: TransportKind::Connect,
+            message: "cannot connect (connection refused)".into(),
+        });
+        e.0.attempts = 5;
+        e.0.elapsed = Duration::from_millis(2500);
+        assert_eq!(
+            e.to_string(),
+            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: cannot connect (connection refused) \
+             (after 5 attempts in 2.5s); check that the server is running and endpoint= is right"
+        );
+        assert!(err(status(404, "NoSuchBucket"))
+            .to_string()
+            .ends_with("; create the bucket or fix the store URL"));
+        assert!(err(status(403, "AccessDenied"))
+            .to_string()
+            .contains("policy"));
+    }
+
+    #[test]
+    fn what_is_transient() {
+        for k in [
+            status(500, "InternalError"),
+            status(503, "SlowDown"),
+            status(429, "TooMany"),
+            status(400, "RequestTimeout"),
+        ] {
+            assert!(err(k).is_transient());
+        }
+        for k in [
+            status(403, "SignatureDoesNotMatch"),
+            status(403, "AccessDenied"),
+            status(404, "NoSuchBucket"),
+            status(400, "InvalidPart"),
+        ] {
+            assert!(!err(k).is_transient());
+        }
+        let t = |kind| {
+            err(S3ErrorKind::Transport {
+                kind,
+                message: String::new(),
+            })
+            .is_transient()
+        };
+        assert!(t(TransportKind::Connect) && t(TransportKind::Timeout) && t(TransportKind::Io));
+        assert!(!t(TransportKind::Tls) && !t(TransportKind::Dns));
+    }
+
+    #[test]
+    fn backoff_is_capped_full_jitter() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.backoff(1, 0.0), Duration::ZERO);
+        assert_eq!(p.backoff(1, 0.5), Duration::from_millis(100));
+        assert_eq!(
+            p.backoff(3, 0.999_999),
+            Duration::from_millis(800).mul_f64(0.999_999)
+        );
+        assert_eq!(p.backoff(10, 1.0), Duration::from_secs(5));
+        assert_eq!(p.backoff(100, 1.0), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn part_sizes() {
+        const MIB: usize = 1024 * 1024;
+        assert_eq!(part_size_for(0, 0), 5 * MIB);
+        assert_eq!(part_size_for(1 << 30, 8 * MIB), 8 * MIB);
+        // 100 GiB / 10,000 = 10.24 MiB -> 11 MiB.
+        assert_eq!(part_size_for(100 << 30, 5 * MIB), 11 * MIB);
+        assert!(((100u64 << 30).div_ceil(part_size_for(100 << 30, 5 * MIB) as u64)) <= MAX_PARTS);
+        assert_eq!(part_size_for(u64::MAX, 5 * MIB), 5 << 30);
+    }
+
+    #[test]
+    fn xml_bits() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>a &amp; b &lt;c&gt;</Message>\
+                    <KeyMarker>x</KeyMarker><Key>k</Key></Error>";
+        assert_eq!(xml::text(body, "Code").as_deref(), Some("NoSuchKey"));
+        assert_eq!(xml::text(body, "Message").as_deref(), Some("a & b <c>"));
+        assert_eq!(xml::text(body, "Key").as_deref(), Some("k"));
+        let list = "<Contents><Key>a</Key><Size>1</Size></Contents><Contents><Key>b</Key><Size>2</Size></Contents>";
+        assert_eq!(xml::blocks(list, "Contents").len(), 2);
+        assert_eq!(xml::escape("\"e&t\""), "&quot;e&amp;t&quot;");
+    }
+
+    #[test]
+    fn io_error_round_trip() {
+        let e = err(status(500, "InternalError"));
+        let io = std::io::Error::other(e.clone());
+        assert_eq!(S3Error::from_io(io).unwrap(), e);
+        assert!(S3Error::from_io(std::io::Error::other("x")).is_err());
     }
 }
