@@ -1,1 +1,247 @@
-//! (being written)
+//! The binary cache as narpush sees it, whether a local directory (`file://`) or a
+//! bucket (`s3://`): is a narinfo there, read/write small files, and a streaming sink
+//! for a compressed NAR. Keys are relative to the cache root (`nix-cache-info`,
+//! `<hash>.narinfo`, `nar/…`).
+//!
+//! NAR naming: in a `file://` cache the NAR is written to a temporary file and renamed
+//! to `nar/<nix32 FileHash>.nar<ext>` once the hash is known, exactly as Nix names it.
+//! In a bucket the name must be fixed before the first multipart part goes up, so a
+//! NAR that fits in one part is put as `nar/<nix32 FileHash>.nar<ext>`, and a larger
+//! one streams to `nar/<nix32 NarHash>-<random>.nar<ext>`: readers only follow the
+//! narinfo's `URL`, and a per-upload name means two concurrent pushers of the same
+//! path can never leave a narinfo whose FileHash/FileSize disagree with its object.
+
+use crate::error::{Error, Result};
+use crate::nixbase32;
+use crate::s3::{Client, StreamingUpload};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const NARINFO_TYPE: &str = "text/x-nix-narinfo";
+pub const CACHE_INFO_TYPE: &str = "text/x-nix-cache-info";
+pub const NAR_TYPE: &str = "application/x-nix-nar";
+
+pub enum Cache {
+    File { dir: PathBuf },
+    S3 { client: Client, part_size: usize },
+}
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn tmp_name(dir: &Path, base: &str) -> PathBuf {
+    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    dir.join(format!(".{base}.tmp.{}.{n}", std::process::id()))
+}
+
+/// 8 random nix32 characters (from the OS's randomness via std's hasher seed).
+fn random_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    nixbase32::encode(&h.finish().to_le_bytes()[..5])
+}
+
+/// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = tmp_name(dir, &base);
+    let result = (|| {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        Error::io("write", path, e)
+    })
+}
+
+impl Cache {
+    /// "file:///dir" or the bucket and endpoint.
+    pub fn describe(&self) -> String {
+        match self {
+            Cache::File { dir } => format!("file://{}", dir.display()),
+            Cache::S3 { client, .. } => client.describe(),
+        }
+    }
+
+    /// Make sure the cache can be written to: a `file://` directory is created.
+    pub fn prepare(&self) -> Result<()> {
+        if let Cache::File { dir } = self {
+            fs::create_dir_all(dir.join("nar")).map_err(|e| Error::io("create cache directory", dir, e))?;
+        }
+        Ok(())
+    }
+
+    /// Read a small file; `None` when it does not exist.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        match self {
+            Cache::File { dir } => match fs::read(dir.join(key)) {
+                Ok(b) => Ok(Some(b)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io("read", &dir.join(key), e)),
+            },
+            Cache::S3 { client, .. } => Ok(client.get_object(key)?),
+        }
+    }
+
+    /// Whether `key` exists (one HEAD request for a bucket).
+    pub fn exists(&self, key: &str) -> Result<bool> {
+        match self {
+            Cache::File { dir } => Ok(dir.join(key).exists()),
+            Cache::S3 { client, .. } => Ok(client.head_object(key)?.is_some()),
+        }
+    }
+
+    /// Write a small file whole (atomically for `file://`).
+    pub fn put(&self, key: &str, bytes: &[u8], content_type: &str) -> Result<()> {
+        match self {
+            Cache::File { dir } => write_atomic(&dir.join(key), bytes),
+            Cache::S3 { client, .. } => Ok(client.put_object(key, bytes, content_type)?),
+        }
+    }
+
+    /// A sink for one compressed NAR. `nar_hash` and `ext` name it where the name must
+    /// be chosen up front; `expected_len` bounds its size (for multipart part sizes).
+    pub fn nar_sink(&self, nar_hash: &[u8; 32], ext: &str, expected_len: u64) -> Result<NarSink> {
+        match self {
+            Cache::File { dir } => {
+                let nar_dir = dir.join("nar");
+                let path = tmp_name(&nar_dir, "upload");
+                let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
+                let tmp = TempFile { path, file: Some(BufWriter::with_capacity(1 << 20, f)) };
+                Ok(NarSink::File { dir: nar_dir, tmp, ext: ext.into() })
+            }
+            Cache::S3 { client, part_size } => Ok(NarSink::S3 {
+                client: client.clone(),
+                part_size: *part_size,
+                buf: Vec::new(),
+                upload: None,
+                big_key: format!("nar/{}-{}.nar{ext}", nixbase32::encode(nar_hash), random_suffix()),
+                expected_len,
+                ext: ext.into(),
+            }),
+        }
+    }
+}
+
+/// Where compressed NAR bytes go while they are produced.
+pub enum NarSink {
+    File { dir: PathBuf, tmp: TempFile, ext: String },
+    /// Bytes are buffered up to one part; past that they stream as a multipart upload.
+    S3 {
+        client: Client,
+        part_size: usize,
+        buf: Vec<u8>,
+        upload: Option<StreamingUpload>,
+        big_key: String,
+        expected_len: u64,
+        ext: String,
+    },
+}
+
+impl NarSink {
+    /// Complete the object now that its SHA-256 is known; returns its key.
+    pub fn finish(self, file_hash: &[u8; 32]) -> Result<String> {
+        match self {
+            NarSink::File { dir, mut tmp, ext } => {
+                let key_name = format!("{}.nar{ext}", nixbase32::encode(file_hash));
+                let dest = dir.join(&key_name);
+                tmp.persist(&dest).map_err(|e| Error::io("write", &dest, e))?;
+                Ok(format!("nar/{key_name}"))
+            }
+            NarSink::S3 { client, buf, upload, big_key, ext, .. } => match upload {
+                Some(upload) => {
+                    upload.finish()?;
+                    Ok(big_key)
+                }
+                None => {
+                    let key = format!("nar/{}.nar{ext}", nixbase32::encode(file_hash));
+                    client.put_object(&key, &buf, NAR_TYPE)?;
+                    Ok(key)
+                }
+            },
+        }
+    }
+
+    /// Drop what was written: the temporary file, or the multipart upload.
+    pub fn abort(self) {
+        match self {
+            NarSink::File { tmp, .. } => drop(tmp),
+            NarSink::S3 { upload, .. } => {
+                if let Some(u) = upload {
+                    u.abort()
+                }
+            }
+        }
+    }
+}
+
+impl Write for NarSink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            NarSink::File { tmp, .. } => tmp.write(buf),
+            NarSink::S3 { client, part_size, buf: pending, upload, big_key, expected_len, .. } => {
+                if let Some(u) = upload {
+                    return u.write(buf);
+                }
+                if pending.len() + buf.len() <= *part_size {
+                    pending.extend_from_slice(buf);
+                    return Ok(buf.len());
+                }
+                // More than one part: switch to a multipart upload under the up-front name.
+                let mut u = StreamingUpload::new(client, big_key.clone(), NAR_TYPE, *part_size, *expected_len);
+                u.write_all(pending)?;
+                *pending = Vec::new();
+                let n = u.write(buf)?;
+                *upload = Some(u);
+                Ok(n)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            NarSink::File { tmp, .. } => tmp.flush(),
+            NarSink::S3 { .. } => Ok(()),
+        }
+    }
+}
+
+/// A temporary file that is removed unless it is persisted (renamed into place), so
+/// no failure path leaves a half-written NAR in the cache.
+pub struct TempFile {
+    path: PathBuf,
+    file: Option<BufWriter<File>>,
+}
+
+impl TempFile {
+    fn persist(&mut self, dest: &Path) -> io::Result<()> {
+        let f = self.file.take().expect("persist once").into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        fs::rename(&self.path, dest)
+    }
+}
+
+impl Write for TempFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.as_mut().ok_or_else(|| io::Error::other("temporary file closed"))?.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.as_mut().map_or(Ok(()), |f| f.flush())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}

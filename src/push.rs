@@ -1,1 +1,386 @@
-//! (being written)
+//! The push pipeline, and the only module that knows its order:
+//!
+//! 1. ask the local Nix for the path infos (the given paths, or their closures);
+//! 2. choose what to push (`Deps`: the given paths; plus closure members that carry
+//!    no upstream signature; or the whole closure);
+//! 3. ask the cache which narinfos it already has (HEAD requests, in parallel);
+//! 4. check `nix-cache-info` (write it when missing, refuse a different StoreDir);
+//! 5. push in parallel, each path only after every reference being pushed in this run
+//!    has its narinfo up: serialise the NAR once, hashing it (NarHash) while it is
+//!    compressed and hashed again (FileHash) on its way to the cache; refuse the path
+//!    when its NarHash differs from the one Nix recorded; then the signed narinfo.
+
+use crate::cache::{Cache, CACHE_INFO_TYPE, NARINFO_TYPE};
+use crate::compress::{Compression, Encoder};
+use crate::config::Deps;
+use crate::error::{Error, Result};
+use crate::hashing::HashingWriter;
+use crate::narinfo::{sha256_nix32, NarInfo};
+use crate::pathinfo::{LocalNix, PathInfo};
+use crate::signing::{sig_key_name, SecretKey};
+use crate::store_path::StorePath;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// NARs at least this large are compressed with every core (zstd's multithreading).
+const PARALLEL_COMPRESSION_MIN: u64 = 16 << 20;
+
+pub struct PushOptions {
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub keys: Vec<SecretKey>,
+    pub deps: Deps,
+    pub upstream_keys: Vec<String>,
+    pub jobs: usize,
+}
+
+/// What happened to one path.
+#[derive(Debug)]
+pub enum Outcome {
+    Pushed { nar_size: u64, file_size: u64, elapsed: Duration },
+    /// The cache already had its narinfo.
+    Present,
+    Failed(Error),
+}
+
+/// Progress, reported as it happens (from worker threads).
+pub enum Event<'a> {
+    Pushed { path: &'a str, nar_size: u64, file_size: u64, compression: Compression, elapsed: Duration },
+    Present { path: &'a str },
+    Upstream { path: &'a str },
+    Failed { path: &'a str, error: &'a Error },
+}
+
+pub struct Report {
+    /// Full store paths in the order they were decided.
+    pub outcomes: Vec<(String, Outcome)>,
+    /// Closure members left out because an upstream cache signed them.
+    pub upstream: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl Report {
+    pub fn failed(&self) -> impl Iterator<Item = (&str, &Error)> {
+        self.outcomes.iter().filter_map(|(p, o)| match o {
+            Outcome::Failed(e) => Some((p.as_str(), e)),
+            _ => None,
+        })
+    }
+
+    pub fn count(&self, pred: fn(&Outcome) -> bool) -> usize {
+        self.outcomes.iter().filter(|(_, o)| pred(o)).count()
+    }
+}
+
+/// Push `roots` (and, per `opts.deps`, their dependencies) to `cache`.
+pub fn push(
+    nix: &LocalNix,
+    cache: &Cache,
+    roots: &[StorePath],
+    opts: &PushOptions,
+    log: &(dyn Fn(&Event) + Sync),
+) -> Result<Report> {
+    let start = Instant::now();
+    let infos = nix.query(roots, opts.deps != Deps::None)?;
+    let by_path: HashMap<&StorePath, &PathInfo> = infos.iter().map(|i| (&i.path, i)).collect();
+    let root_set: BTreeSet<&StorePath> = roots.iter().collect();
+    let sd = nix.store_dir.as_str();
+
+    // 2. Choose.
+    let mut candidates: Vec<&PathInfo> = Vec::new();
+    let mut upstream = Vec::new();
+    for info in &infos {
+        let is_root = root_set.contains(&info.path);
+        let upstream_signed = info.sigs.iter().any(|s| opts.upstream_keys.iter().any(|k| k == sig_key_name(s)));
+        if is_root || opts.deps == Deps::Closure || !upstream_signed {
+            candidates.push(info);
+        } else {
+            log(&Event::Upstream { path: &info.path.to_full(sd) });
+            upstream.push(info.path.to_full(sd));
+        }
+    }
+
+    // 3. Which are in the cache already.
+    let present = parallel_map(&candidates, opts.jobs.max(8).min(32), |info| {
+        cache.exists(&format!("{}.narinfo", info.path.hash_part()))
+    });
+    let mut outcomes: Vec<(String, Outcome)> = Vec::new();
+    let mut todo: Vec<&PathInfo> = Vec::new();
+    for (info, p) in candidates.iter().zip(present) {
+        let full = info.path.to_full(sd);
+        match p {
+            Ok(true) => {
+                log(&Event::Present { path: &full });
+                outcomes.push((full, Outcome::Present));
+            }
+            Ok(false) => todo.push(info),
+            Err(e) => {
+                log(&Event::Failed { path: &full, error: &e });
+                outcomes.push((full, Outcome::Failed(e)));
+            }
+        }
+    }
+    if todo.is_empty() {
+        return Ok(Report { outcomes, upstream, elapsed: start.elapsed() });
+    }
+
+    // 4. The cache's nix-cache-info.
+    if let Err(e) = check_cache_info(cache, sd) {
+        for info in todo {
+            outcomes.push((info.path.to_full(sd), Outcome::Failed(Error::Other(e.to_string()))));
+        }
+        return Err(e);
+    }
+
+    // 5. Push in reference order.
+    let results = run_ordered(&todo, opts.jobs, |info| {
+        let full = info.path.to_full(sd);
+        let t = Instant::now();
+        match push_one(nix, cache, info, opts) {
+            Ok((nar_size, file_size)) => {
+                let elapsed = t.elapsed();
+                log(&Event::Pushed { path: &full, nar_size, file_size, compression: opts.compression, elapsed });
+                Outcome::Pushed { nar_size, file_size, elapsed }
+            }
+            Err(e) => {
+                log(&Event::Failed { path: &full, error: &e });
+                Outcome::Failed(e)
+            }
+        }
+    }, |info, dep| {
+        let e = Error::Other(format!("not pushed: its reference {} could not be pushed", dep.path.to_full(sd)));
+        log(&Event::Failed { path: &info.path.to_full(sd), error: &e });
+        Outcome::Failed(e)
+    });
+    let _ = by_path;
+    for (info, outcome) in todo.iter().zip(results) {
+        outcomes.push((info.path.to_full(sd), outcome));
+    }
+    Ok(Report { outcomes, upstream, elapsed: start.elapsed() })
+}
+
+/// Write `nix-cache-info` when the cache has none; refuse a cache for another store.
+pub fn check_cache_info(cache: &Cache, store_dir: &str) -> Result<()> {
+    cache.prepare()?;
+    match cache.get("nix-cache-info")? {
+        None => cache.put("nix-cache-info", format!("StoreDir: {store_dir}\n").as_bytes(), CACHE_INFO_TYPE),
+        Some(bytes) => {
+            let text = String::from_utf8_lossy(&bytes);
+            let theirs = text
+                .lines()
+                .find_map(|l| l.split_once(':').filter(|(k, _)| *k == "StoreDir").map(|(_, v)| v.trim()));
+            match theirs {
+                Some(dir) if dir != store_dir => Err(Error::Other(format!(
+                    "binary cache {} is for Nix stores with prefix '{dir}', not '{store_dir}'; push to another cache",
+                    cache.describe()
+                ))),
+                _ => Ok(()),
+            }
+        }
+    }
+}
+
+/// Serialise, check, compress and upload one path, then its narinfo.
+fn push_one(nix: &LocalNix, cache: &Cache, info: &PathInfo, opts: &PushOptions) -> Result<(u64, u64)> {
+    let sd = nix.store_dir.as_str();
+    let full = info.path.to_full(sd);
+    let threads = if opts.compression == Compression::Zstd && info.nar_size >= PARALLEL_COMPRESSION_MIN {
+        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+    } else {
+        1
+    };
+    let expected = info.nar_size + info.nar_size / 16 + (64 << 10);
+    let sink = cache.nar_sink(&info.nar_hash, opts.compression.extension(), expected)?;
+    let encoder = Encoder::new(opts.compression, opts.level, threads, HashingWriter::new(sink))
+        .map_err(|e| Error::Other(format!("start {} compression: {e}", opts.compression.name())))?;
+    let mut pipeline = HashingWriter::new(encoder);
+    let dumped = crate::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ());
+    let (encoder, nar_hash, nar_size) = pipeline.finish();
+    let finished = encoder.finish();
+    let (sink, file_hash, file_size) = match (dumped, finished) {
+        (Ok(_), Ok(w)) => w.finish(),
+        (Err(e), Ok(w)) => {
+            w.finish().0.abort();
+            return Err(transport_or(e));
+        }
+        (Ok(_), Err(e)) | (Err(_), Err(e)) => {
+            // The sink was dropped with the encoder: a temporary file is removed and a
+            // multipart upload aborted by their Drop.
+            return Err(io_to_error(e, cache));
+        }
+    };
+    if nar_hash != info.nar_hash || nar_size != info.nar_size {
+        sink.abort();
+        return Err(Error::Other(format!(
+            "{full} is corrupted: the local Nix database records NarHash {} ({} bytes) but its contents \
+             serialise to {} ({nar_size} bytes); nothing was uploaded for it; repair it with \
+             'nix-store --verify --check-contents --repair'",
+            sha256_nix32(&info.nar_hash),
+            info.nar_size,
+            sha256_nix32(&nar_hash),
+        )));
+    }
+    let url = sink.finish(&file_hash)?;
+    let mut narinfo = NarInfo {
+        store_path: full,
+        url,
+        compression: opts.compression.name().to_string(),
+        file_hash: Some(file_hash),
+        file_size: Some(file_size),
+        nar_hash,
+        nar_size,
+        references: info.references.iter().map(|r| r.base_name().to_string()).collect(),
+        deriver: info.deriver.as_ref().map(|d| d.base_name().to_string()),
+        sigs: Vec::new(),
+        ca: info.ca.clone(),
+    };
+    let fingerprint = narinfo.fingerprint();
+    let mut sigs: BTreeSet<String> = info.sigs.iter().cloned().collect();
+    for key in &opts.keys {
+        // One signature per key name: ours replaces a stale one under the same name.
+        sigs.retain(|s| sig_key_name(s) != key.name());
+        sigs.insert(key.sign(fingerprint.as_bytes()));
+    }
+    narinfo.sigs = sigs.into_iter().collect();
+    cache.put(&format!("{}.narinfo", info.path.hash_part()), narinfo.render().as_bytes(), NARINFO_TYPE)?;
+    Ok((nar_size, file_size))
+}
+
+/// An I/O error out of the pipeline may carry an S3 error (from the upload sink).
+fn io_to_error(e: std::io::Error, cache: &Cache) -> Error {
+    match crate::s3::S3Error::from_io(e) {
+        Ok(s3) => Error::S3(s3),
+        Err(e) => Error::Other(format!("write NAR to {}: {e}", cache.describe())),
+    }
+}
+
+/// A dump error wrapping a failed write to the sink is the sink's error.
+fn transport_or(e: Error) -> Error {
+    match e {
+        Error::Io { context, source } => match crate::s3::S3Error::from_io(source) {
+            Ok(s3) => Error::S3(s3),
+            Err(source) => Error::Io { context, source },
+        },
+        other => other,
+    }
+}
+
+/// Apply `f` to every item with up to `threads` threads; results in input order.
+pub fn parallel_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let next = Mutex::new(0usize);
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(item) = items.get(i) else { break };
+                let r = f(item);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
+            });
+        }
+    });
+    results.into_inner().unwrap_or_else(|p| p.into_inner()).into_iter().map(|r| r.expect("every item done")).collect()
+}
+
+/// Run `work` on every path with up to `jobs` threads, each only after all of its
+/// references among `items` succeeded; a path whose reference failed gets
+/// `dep_failed(path, failed reference)` instead. Results in input order.
+fn run_ordered<'a>(
+    items: &[&'a PathInfo],
+    jobs: usize,
+    work: impl Fn(&'a PathInfo) -> Outcome + Sync,
+    dep_failed: impl Fn(&'a PathInfo, &'a PathInfo) -> Outcome + Sync,
+) -> Vec<Outcome> {
+    let index: HashMap<&StorePath, usize> = items.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
+    let mut waiting_on: Vec<usize> = vec![0; items.len()];
+    let mut dependents: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, info) in items.iter().enumerate() {
+        for r in &info.references {
+            if let Some(&j) = index.get(r) {
+                if j != i {
+                    waiting_on[i] += 1;
+                    dependents.entry(j).or_default().push(i);
+                }
+            }
+        }
+    }
+    struct State {
+        ready: VecDeque<usize>,
+        waiting_on: Vec<usize>,
+        results: Vec<Option<Outcome>>,
+        running: usize,
+        remaining: usize,
+    }
+    let mut ready: Vec<usize> = (0..items.len()).filter(|&i| waiting_on[i] == 0).collect();
+    // Largest first: the long uploads start early.
+    ready.sort_by_key(|&i| std::cmp::Reverse(items[i].nar_size));
+    let state = Mutex::new(State {
+        ready: ready.into(),
+        waiting_on,
+        results: (0..items.len()).map(|_| None).collect(),
+        running: 0,
+        remaining: items.len(),
+    });
+    let cv = Condvar::new();
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
+            s.spawn(|| loop {
+                let i = {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    loop {
+                        if let Some(i) = st.ready.pop_front() {
+                            st.running += 1;
+                            break i;
+                        }
+                        if st.remaining == 0 || (st.running == 0 && st.ready.is_empty()) {
+                            cv.notify_all();
+                            return;
+                        }
+                        st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                    }
+                };
+                let outcome = work(items[i]);
+                let ok = !matches!(outcome, Outcome::Failed(_));
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                st.results[i] = Some(outcome);
+                st.running -= 1;
+                st.remaining -= 1;
+                // Settle dependents: ready when their last reference is up; failed
+                // (transitively) when one cannot be.
+                let mut stack = vec![(i, ok)];
+                while let Some((done, ok)) = stack.pop() {
+                    for &d in dependents.get(&done).map(Vec::as_slice).unwrap_or(&[]) {
+                        if st.results[d].is_some() {
+                            continue;
+                        }
+                        if ok {
+                            st.waiting_on[d] -= 1;
+                            if st.waiting_on[d] == 0 {
+                                st.ready.push_back(d);
+                            }
+                        } else {
+                            st.results[d] = Some(dep_failed(items[d], items[done]));
+                            st.remaining -= 1;
+                            stack.push((d, false));
+                        }
+                    }
+                }
+                cv.notify_all();
+            });
+        }
+    });
+    state
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Outcome::Failed(Error::Other("not pushed: reference cycle".into()))))
+        .collect()
+}
