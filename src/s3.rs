@@ -175,11 +175,12 @@ const TRANSIENT_CODES: &[&str] = &[
 ];
 
 impl S3Error {
-    /// Worth retrying: 5xx, 429, throttling/timeouts, dropped connections.
+    /// Worth retrying: 5xx (but 501 Not Implemented), 429, throttling/timeouts,
+    /// dropped connections.
     pub fn is_transient(&self) -> bool {
         match &self.kind {
             S3ErrorKind::Status { status, code, .. } => {
-                *status >= 500
+                (*status >= 500 && *status != 501 && code.as_deref() != Some("NotImplemented"))
                     || *status == 429
                     || code
                         .as_deref()
@@ -231,7 +232,9 @@ impl S3Error {
                 Some("SignatureDoesNotMatch") => Some("check the secret key"),
                 Some("InvalidAccessKeyId") => Some("check the access key id"),
                 Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
-                Some("AccessDenied") => Some("check the key's bucket policy and permissions"),
+                Some("AccessDenied") => {
+                    Some("check the access key and the bucket policy or permissions it has")
+                }
                 Some("RequestTimeTooSkewed") => Some("check this machine's clock"),
                 Some("InvalidPart") | Some("InvalidPartOrder") => {
                     Some("the upload was aborted; retry the push")
@@ -930,12 +933,16 @@ fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
         TransportKind::Tls => "the server's TLS certificate is not trusted",
         TransportKind::Timeout => "timed out",
         TransportKind::Dns => "cannot resolve the host",
-        TransportKind::Connect if refused => "cannot connect (connection refused)",
         TransportKind::Connect => "cannot connect",
         TransportKind::Io => "the connection failed",
         TransportKind::Other => "request failed",
     };
     let detail = chain.trim_start_matches(": ");
+    let detail = if refused && !detail.to_ascii_lowercase().contains("connection refused") {
+        format!("connection refused: {detail}")
+    } else {
+        detail.to_string()
+    };
     let message = if detail.is_empty() {
         what.to_string()
     } else {
@@ -1193,13 +1200,13 @@ mod tests {
         );
         let mut e = err(S3ErrorKind::Transport {
             kind: TransportKind::Connect,
-            message: "cannot connect (connection refused)".into(),
+            message: "cannot connect: Connection refused (os error 111)".into(),
         });
         e.0.attempts = 5;
         e.0.elapsed = Duration::from_millis(2500);
         assert_eq!(
             e.to_string(),
-            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: cannot connect (connection refused) \
+            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: cannot connect: Connection refused (os error 111) \
              (after 5 attempts in 2.5s); check that the server is running and endpoint= is right"
         );
         assert!(err(status(404, "NoSuchBucket"))
