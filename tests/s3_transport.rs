@@ -543,3 +543,251 @@ fn tls_with_private_ca() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A scripted HTTP server for what s3s-fs cannot show: it answers requests in order
+/// with canned responses (closing each connection) and records what it was sent.
+struct Scripted {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scripted {
+    fn start(responses: Vec<String>) -> Scripted {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let thread = std::thread::spawn(move || {
+            for resp in responses {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut len = 0usize;
+                let mut has_auth = false;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    has_auth |= lower.starts_with("authorization: aws4-hmac-sha256 credential=");
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                assert!(has_auth, "unsigned request: {request_line}");
+                log.lock()
+                    .unwrap()
+                    .push(request_line.trim_end().to_string());
+                stream.write_all(resp.as_bytes()).unwrap();
+            }
+        });
+        Scripted {
+            port,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn client(&self, retry: RetryPolicy) -> Client {
+        let url = format!("s3://bkt?endpoint=127.0.0.1:{}&scheme=http", self.port);
+        let mut cfg = config(&url, "AKIDTEST", "scripted-secret");
+        cfg.retry = retry;
+        Client::new(cfg).unwrap()
+    }
+
+    /// Wait for the script to be used up and return the request lines seen.
+    fn finish(mut self) -> Vec<String> {
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("scripted server thread");
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn http(status: &str, extra_headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+}
+
+fn s3_error_xml(code: &str, message: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>")
+}
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_total: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn retries_slowdown_and_honours_retry_after() {
+    let srv = Scripted::start(vec![
+        http(
+            "503 Slow Down",
+            "Retry-After: 1\r\n",
+            &s3_error_xml("SlowDown", "Please reduce your request rate."),
+        ),
+        http(
+            "500 Internal Server Error",
+            "",
+            &s3_error_xml("InternalError", "We encountered an internal error."),
+        ),
+        http("200 OK", "ETag: \"abc\"\r\n", ""),
+    ]);
+    let c = srv.client(quick_retry());
+    let t = Instant::now();
+    c.put_object("nar/x.nar", b"data", "application/x-nix-nar")
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured: {:?}",
+        t.elapsed()
+    );
+    let seen = srv.finish();
+    assert_eq!(seen, vec!["PUT /bkt/nar/x.nar HTTP/1.1"; 3]);
+}
+
+#[test]
+fn retry_after_is_capped_by_the_budget() {
+    let srv = Scripted::start(vec![
+        http(
+            "503 Slow Down",
+            "Retry-After: 3600\r\n",
+            &s3_error_xml("SlowDown", "slow")
+        );
+        2
+    ]);
+    let c = srv.client(RetryPolicy {
+        max_total: Duration::from_millis(600),
+        ..quick_retry()
+    });
+    let t = Instant::now();
+    let e = c.head_object("k").unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert_eq!(e.attempts, 2, "{e}");
+    srv.finish();
+}
+
+#[test]
+fn forbidden_is_not_retried_and_head_403_is_access_denied() {
+    let srv = Scripted::start(vec![
+        http(
+            "403 Forbidden",
+            "",
+            &s3_error_xml("AccessDenied", "Access Denied"),
+        ),
+        http("403 Forbidden", "", ""),
+    ]);
+    let c = srv.client(quick_retry());
+    let e = c.get_object("x.narinfo").unwrap_err();
+    assert_eq!((e.code(), e.attempts), (Some("AccessDenied"), 1), "{e}");
+    assert!(
+        e.to_string()
+            .contains("HTTP 403 AccessDenied: Access Denied; check the access key"),
+        "{e}"
+    );
+    let e = c.head_object("x.narinfo").unwrap_err();
+    assert_eq!((e.code(), e.attempts), (Some("AccessDenied"), 1), "{e}");
+    assert_eq!(srv.finish().len(), 2);
+}
+
+#[test]
+fn listings_follow_continuation_and_markers() {
+    let page1 = "<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>tok/1+=</NextContinuationToken>\
+                 <Contents><Key>a &amp; b</Key><Size>1</Size></Contents></ListBucketResult>";
+    let page2 = "<ListBucketResult><IsTruncated>false</IsTruncated>\
+                 <Contents><Key>c</Key><Size>22</Size></Contents></ListBucketResult>";
+    let up1 = "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><NextKeyMarker>k1</NextKeyMarker>\
+               <NextUploadIdMarker>u1</NextUploadIdMarker><Upload><Key>k1</Key><UploadId>u1</UploadId></Upload>\
+               </ListMultipartUploadsResult>";
+    let up2 = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>\
+               <Upload><Key>k2</Key><UploadId>u2</UploadId></Upload></ListMultipartUploadsResult>";
+    let srv = Scripted::start(vec![
+        http("200 OK", "", page1),
+        http("200 OK", "", page2),
+        http("200 OK", "", up1),
+        http("200 OK", "", up2),
+    ]);
+    let c = srv.client(quick_retry());
+    assert_eq!(
+        c.list_objects_v2("").unwrap(),
+        vec![("a & b".to_string(), 1), ("c".to_string(), 22)]
+    );
+    assert_eq!(
+        c.list_multipart_uploads().unwrap(),
+        vec![
+            ("k1".to_string(), "u1".to_string()),
+            ("k2".to_string(), "u2".to_string())
+        ]
+    );
+    let seen = srv.finish();
+    assert_eq!(seen[0], "GET /bkt?list-type=2&prefix= HTTP/1.1");
+    assert_eq!(
+        seen[1],
+        "GET /bkt?continuation-token=tok%2F1%2B%3D&list-type=2&prefix= HTTP/1.1"
+    );
+    assert_eq!(seen[2], "GET /bkt?uploads= HTTP/1.1");
+    assert_eq!(
+        seen[3],
+        "GET /bkt?key-marker=k1&upload-id-marker=u1&uploads= HTTP/1.1"
+    );
+}
+
+#[test]
+fn complete_answering_200_with_an_error_is_an_error() {
+    let srv = Scripted::start(vec![http(
+        "200 OK",
+        "",
+        &s3_error_xml(
+            "InvalidPart",
+            "One or more of the specified parts could not be found.",
+        ),
+    )]);
+    let c = srv.client(quick_retry());
+    let e = c
+        .complete_multipart_upload("k", "u1", &[(1, "\"e\"".into())])
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidPart"), "{e}");
+    assert_eq!(srv.finish(), vec!["POST /bkt/k?uploadId=u1 HTTP/1.1"]);
+}
+
+#[test]
+fn a_part_that_fails_aborts_the_upload() {
+    let srv = Scripted::start(vec![
+        http("200 OK", "", "<InitiateMultipartUploadResult><UploadId>up-1</UploadId></InitiateMultipartUploadResult>"),
+        http("400 Bad Request", "", &s3_error_xml("EntityTooSmall", "Your proposed upload is smaller than the minimum")),
+        http("204 No Content", "", ""),
+    ]);
+    let c = srv.client(quick_retry());
+    let mut up = StreamingUpload::new(&c, "nar/y.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
+    up.write_all(&vec![0u8; 5 * MIB]).unwrap();
+    let err = up.write_all(b"more").unwrap_err();
+    let e = narpush::s3::S3Error::from_io(err).expect("the io::Error carries the S3Error");
+    assert_eq!(e.code(), Some("EntityTooSmall"), "{e}");
+    // Later writes and finish keep failing with the same error.
+    assert!(up.write_all(b"x").is_err());
+    assert_eq!(up.finish().unwrap_err().code(), Some("EntityTooSmall"));
+    assert_eq!(
+        srv.finish(),
+        vec![
+            "POST /bkt/nar/y.nar?uploads= HTTP/1.1",
+            "PUT /bkt/nar/y.nar?partNumber=1&uploadId=up-1 HTTP/1.1",
+            "DELETE /bkt/nar/y.nar?uploadId=up-1 HTTP/1.1",
+        ]
+    );
+}
