@@ -22,7 +22,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(op: &str, path: &Path, source: io::Error) -> Error {
-        Error::Io { context: format!("{op} {}", path.display()), source }
+        Error::Io {
+            context: format!("{op} {}", path.display()),
+            source,
+        }
     }
 
     pub fn exit_code(&self) -> i32 {

@@ -70,8 +70,14 @@ mod tests {
     fn sha256_of_hello_nar() {
         // nix-formats.md §11.1, checked with `nix-hash --type sha256 --to-base32`.
         let h = unhex("0a430879c266f8b57f4092a0f935cf3facd48bbccde5760d4748ca405171e969");
-        assert_eq!(encode(&h), "0sg9f58l1jj88w6pdrfdpj5x9b1zrwszk84j81zvby36q9whhhqa");
-        assert_eq!(decode("0sg9f58l1jj88w6pdrfdpj5x9b1zrwszk84j81zvby36q9whhhqa", 32).unwrap(), h);
+        assert_eq!(
+            encode(&h),
+            "0sg9f58l1jj88w6pdrfdpj5x9b1zrwszk84j81zvby36q9whhhqa"
+        );
+        assert_eq!(
+            decode("0sg9f58l1jj88w6pdrfdpj5x9b1zrwszk84j81zvby36q9whhhqa", 32).unwrap(),
+            h
+        );
     }
 
     #[test]

@@ -170,7 +170,6 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeout",
     "InternalError",
     "ServiceUnavailable",
-    "RequestTimeTooSkewed",
     "OperationAborted",
 ];
 
@@ -237,7 +236,7 @@ impl S3Error {
                 }
                 Some("RequestTimeTooSkewed") => Some("check this machine's clock"),
                 Some("InvalidPart") | Some("InvalidPartOrder") => {
-                    Some("the upload was aborted; retry the push")
+                    Some("the uploaded parts did not match; retry the push")
                 }
                 Some("PermanentRedirect") | Some("AuthorizationHeaderMalformed") => {
                     Some("check region= in the store URL")
@@ -1098,11 +1097,16 @@ impl std::io::Write for StreamingUpload {
                 return Err(std::io::Error::other(e));
             }
         }
-        if self.buf.capacity() == 0 {
-            self.buf
-                .reserve_exact(self.part_size.min(data.len().max(64 * 1024)));
-        }
         let n = data.len().min(self.part_size - self.buf.len());
+        // Grow by doubling but never past one part, so memory stays at part_size.
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            let target = (self.buf.capacity() * 2)
+                .max(need)
+                .max(64 * 1024)
+                .min(self.part_size);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(&data[..n]);
         self.total += n as u64;
         Ok(n)
@@ -1280,6 +1284,60 @@ mod tests {
         let list = "<Contents><Key>a</Key><Size>1</Size></Contents><Contents><Key>b</Key><Size>2</Size></Contents>";
         assert_eq!(xml::blocks(list, "Contents").len(), 2);
         assert_eq!(xml::escape("\"e&t\""), "&quot;e&amp;t&quot;");
+    }
+
+    fn client(path_style: bool, port: u16) -> Client {
+        Client::new(S3Config {
+            endpoint: Endpoint {
+                scheme: crate::store_url::Scheme::Http,
+                host: "s3.example".into(),
+                port,
+            },
+            bucket: "nix-cache".into(),
+            region: "us-east-1".into(),
+            path_style,
+            credentials: Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "SECRET".into(),
+                session_token: None,
+            },
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            storage_class: None,
+            trust_file: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn addressing_styles() {
+        let c = client(true, 9000);
+        assert_eq!(
+            c.target(Some("nar/a b.nar")),
+            ("s3.example:9000".into(), "/nix-cache/nar/a b.nar".into())
+        );
+        assert_eq!(
+            c.target(None),
+            ("s3.example:9000".into(), "/nix-cache".into())
+        );
+        let c = client(false, 80);
+        assert_eq!(
+            c.target(Some("x.narinfo")),
+            ("nix-cache.s3.example".into(), "/x.narinfo".into())
+        );
+        assert_eq!(c.target(None), ("nix-cache.s3.example".into(), "/".into()));
+        assert_eq!(c.describe(), "bucket 'nix-cache' at http://s3.example");
+        assert!(!format!("{c:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn client_is_shareable() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Client>();
+        fn assert_send<T: Send>() {}
+        assert_send::<StreamingUpload>();
+        assert_send_sync::<S3Error>();
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl StorePath {
         if !valid_name(name) {
             return Err(ParseError::BadName(base.to_string()));
         }
-        Ok(StorePath { base: base.to_string() })
+        Ok(StorePath {
+            base: base.to_string(),
+        })
     }
 
     /// Parse a full path `<store_dir>/<hash>-<name>`.
@@ -112,16 +114,26 @@ mod tests {
 
     #[test]
     fn parses_full_path() {
-        let p = StorePath::from_full_path("/nix/store", "/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-single.txt").unwrap();
+        let p = StorePath::from_full_path(
+            "/nix/store",
+            "/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-single.txt",
+        )
+        .unwrap();
         assert_eq!(p.hash_part(), "ril7ajyqqj2vcnc4kl7cch6rsc18h9ff");
         assert_eq!(p.name(), "single.txt");
-        assert_eq!(p.to_full("/nix/store"), "/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-single.txt");
+        assert_eq!(
+            p.to_full("/nix/store"),
+            "/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-single.txt"
+        );
     }
 
     #[test]
     fn rejects() {
         let sd = "/nix/store";
-        assert!(matches!(StorePath::from_full_path(sd, "/tmp/x"), Err(ParseError::NotInStore(_))));
+        assert!(matches!(
+            StorePath::from_full_path(sd, "/tmp/x"),
+            Err(ParseError::NotInStore(_))
+        ));
         assert!(matches!(
             StorePath::from_full_path(sd, "/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-foo/bin"),
             Err(ParseError::InsideStorePath { .. })
