@@ -170,16 +170,16 @@ const TRANSIENT_CODES: &[&str] = &[
     "RequestTimeout",
     "InternalError",
     "ServiceUnavailable",
-    "RequestTimeTooSkewed",
     "OperationAborted",
 ];
 
 impl S3Error {
-    /// Worth retrying: 5xx, 429, throttling/timeouts, dropped connections.
+    /// Worth retrying: 5xx (but 501 Not Implemented), 429, throttling/timeouts,
+    /// dropped connections.
     pub fn is_transient(&self) -> bool {
         match &self.kind {
             S3ErrorKind::Status { status, code, .. } => {
-                *status >= 500
+                (*status >= 500 && *status != 501 && code.as_deref() != Some("NotImplemented"))
                     || *status == 429
                     || code
                         .as_deref()
@@ -231,10 +231,12 @@ impl S3Error {
                 Some("SignatureDoesNotMatch") => Some("check the secret key"),
                 Some("InvalidAccessKeyId") => Some("check the access key id"),
                 Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
-                Some("AccessDenied") => Some("check the key's bucket policy and permissions"),
+                Some("AccessDenied") => {
+                    Some("check the access key and the bucket policy or permissions it has")
+                }
                 Some("RequestTimeTooSkewed") => Some("check this machine's clock"),
                 Some("InvalidPart") | Some("InvalidPartOrder") => {
-                    Some("the upload was aborted; retry the push")
+                    Some("the uploaded parts did not match; retry the push")
                 }
                 Some("PermanentRedirect") | Some("AuthorizationHeaderMalformed") => {
                     Some("check region= in the store URL")
@@ -930,12 +932,16 @@ fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
         TransportKind::Tls => "the server's TLS certificate is not trusted",
         TransportKind::Timeout => "timed out",
         TransportKind::Dns => "cannot resolve the host",
-        TransportKind::Connect if refused => "cannot connect (connection refused)",
         TransportKind::Connect => "cannot connect",
         TransportKind::Io => "the connection failed",
         TransportKind::Other => "request failed",
     };
     let detail = chain.trim_start_matches(": ");
+    let detail = if refused && !detail.to_ascii_lowercase().contains("connection refused") {
+        format!("connection refused: {detail}")
+    } else {
+        detail.to_string()
+    };
     let message = if detail.is_empty() {
         what.to_string()
     } else {
@@ -1091,11 +1097,16 @@ impl std::io::Write for StreamingUpload {
                 return Err(std::io::Error::other(e));
             }
         }
-        if self.buf.capacity() == 0 {
-            self.buf
-                .reserve_exact(self.part_size.min(data.len().max(64 * 1024)));
-        }
         let n = data.len().min(self.part_size - self.buf.len());
+        // Grow by doubling but never past one part, so memory stays at part_size.
+        let need = self.buf.len() + n;
+        if need > self.buf.capacity() {
+            let target = (self.buf.capacity() * 2)
+                .max(need)
+                .max(64 * 1024)
+                .min(self.part_size);
+            self.buf.reserve_exact(target - self.buf.len());
+        }
         self.buf.extend_from_slice(&data[..n]);
         self.total += n as u64;
         Ok(n)
@@ -1193,13 +1204,13 @@ mod tests {
         );
         let mut e = err(S3ErrorKind::Transport {
             kind: TransportKind::Connect,
-            message: "cannot connect (connection refused)".into(),
+            message: "cannot connect: Connection refused (os error 111)".into(),
         });
         e.0.attempts = 5;
         e.0.elapsed = Duration::from_millis(2500);
         assert_eq!(
             e.to_string(),
-            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: cannot connect (connection refused) \
+            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: cannot connect: Connection refused (os error 111) \
              (after 5 attempts in 2.5s); check that the server is running and endpoint= is right"
         );
         assert!(err(status(404, "NoSuchBucket"))
@@ -1273,6 +1284,60 @@ mod tests {
         let list = "<Contents><Key>a</Key><Size>1</Size></Contents><Contents><Key>b</Key><Size>2</Size></Contents>";
         assert_eq!(xml::blocks(list, "Contents").len(), 2);
         assert_eq!(xml::escape("\"e&t\""), "&quot;e&amp;t&quot;");
+    }
+
+    fn client(path_style: bool, port: u16) -> Client {
+        Client::new(S3Config {
+            endpoint: Endpoint {
+                scheme: crate::store_url::Scheme::Http,
+                host: "s3.example".into(),
+                port,
+            },
+            bucket: "nix-cache".into(),
+            region: "us-east-1".into(),
+            path_style,
+            credentials: Credentials {
+                access_key_id: "AKID".into(),
+                secret_access_key: "SECRET".into(),
+                session_token: None,
+            },
+            retry: RetryPolicy::default(),
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
+            storage_class: None,
+            trust_file: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn addressing_styles() {
+        let c = client(true, 9000);
+        assert_eq!(
+            c.target(Some("nar/a b.nar")),
+            ("s3.example:9000".into(), "/nix-cache/nar/a b.nar".into())
+        );
+        assert_eq!(
+            c.target(None),
+            ("s3.example:9000".into(), "/nix-cache".into())
+        );
+        let c = client(false, 80);
+        assert_eq!(
+            c.target(Some("x.narinfo")),
+            ("nix-cache.s3.example".into(), "/x.narinfo".into())
+        );
+        assert_eq!(c.target(None), ("nix-cache.s3.example".into(), "/".into()));
+        assert_eq!(c.describe(), "bucket 'nix-cache' at http://s3.example");
+        assert!(!format!("{c:?}").contains("SECRET"));
+    }
+
+    #[test]
+    fn client_is_shareable() {
+        fn assert_send_sync<T: Send + Sync + Clone>() {}
+        assert_send_sync::<Client>();
+        fn assert_send<T: Send>() {}
+        assert_send::<StreamingUpload>();
+        assert_send_sync::<S3Error>();
     }
 
     #[test]

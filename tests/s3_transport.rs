@@ -1,0 +1,793 @@
+//! The S3 transport against a real S3 server (s3s-fs, which checks SigV4) on
+//! 127.0.0.1: object round trips, multipart reassembly, aborts that leave no
+//! orphans, the errors users see (wrong secret, missing bucket, server down) and TLS
+//! through stunnel with a CA made here.
+
+mod common;
+
+use common::s3server::{free_port, temp_dir, wait_for_port, S3Server};
+use narpush::creds::Credentials;
+use narpush::s3::{Client, RetryPolicy, S3Config, S3ErrorKind, StreamingUpload, TransportKind};
+use narpush::store_url::StoreUrl;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: usize = 1024 * 1024;
+
+fn config(url: &str, access: &str, secret: &str) -> S3Config {
+    let StoreUrl::S3(u) = StoreUrl::parse(url, None).expect("parse store URL") else {
+        panic!("{url} is not an s3:// URL")
+    };
+    let creds = Credentials {
+        access_key_id: access.to_string(),
+        secret_access_key: secret.to_string(),
+        session_token: None,
+    };
+    S3Config::from_url(&u, creds)
+}
+
+fn client(server: &S3Server, bucket: &str) -> Client {
+    Client::new(config(
+        &server.url(bucket),
+        &server.access_key,
+        &server.secret_key,
+    ))
+    .expect("client")
+}
+
+/// Deterministic incompressible-looking bytes.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn assert_no_secret(msg: &str, server: &S3Server) {
+    assert!(!msg.contains(&server.secret_key), "secret leaked: {msg}");
+}
+
+#[test]
+fn object_round_trip() {
+    let s = S3Server::start();
+    s.create_bucket("nix-cache");
+    let c = client(&s, "nix-cache");
+    assert_eq!(
+        c.describe(),
+        format!("bucket 'nix-cache' at {}", s.endpoint())
+    );
+
+    assert_eq!(c.head_object("abc.narinfo").unwrap(), None);
+    assert_eq!(c.get_object("abc.narinfo").unwrap(), None);
+
+    let narinfo = b"StorePath: /nix/store/abc-hello\n";
+    c.put_object("abc.narinfo", narinfo, "text/x-nix-narinfo")
+        .unwrap();
+    let odd_key = "nar/odd name+plus~tilde$.nar.zst";
+    let nar = data(100_000, 7);
+    c.put_object(odd_key, &nar, "application/x-nix-nar")
+        .unwrap();
+    c.put_object(
+        "nix-cache-info",
+        b"StoreDir: /nix/store\n",
+        "text/x-nix-cache-info",
+    )
+    .unwrap();
+
+    assert_eq!(
+        c.head_object("abc.narinfo").unwrap(),
+        Some(narinfo.len() as u64)
+    );
+    assert_eq!(
+        c.get_object("abc.narinfo").unwrap().as_deref(),
+        Some(&narinfo[..])
+    );
+    assert_eq!(c.get_object(odd_key).unwrap(), Some(nar.clone()));
+    // s3s-fs keeps objects as plain files: later tests serve the bucket to real nix.
+    assert_eq!(
+        std::fs::read(s.object_path("nix-cache", odd_key)).unwrap(),
+        nar
+    );
+
+    let mut all = c.list_objects_v2("").unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![
+            ("abc.narinfo".to_string(), narinfo.len() as u64),
+            ("nar/odd name+plus~tilde$.nar.zst".to_string(), 100_000),
+            ("nix-cache-info".to_string(), 21),
+        ]
+    );
+    assert_eq!(
+        c.list_objects_v2("nar/").unwrap(),
+        vec![(odd_key.to_string(), 100_000)]
+    );
+
+    c.delete_objects(&[
+        "abc.narinfo".to_string(),
+        odd_key.to_string(),
+        "never-existed".to_string(),
+    ])
+    .unwrap();
+    assert_eq!(c.head_object(odd_key).unwrap(), None);
+    assert_eq!(
+        c.list_objects_v2("").unwrap(),
+        vec![("nix-cache-info".to_string(), 21)]
+    );
+}
+
+#[test]
+fn streaming_upload_small_is_single_put_and_large_is_multipart() {
+    let s = S3Server::start();
+    s.create_bucket("bkt");
+    let c = client(&s, "bkt");
+
+    // Smaller than a part: one PutObject.
+    let small = data(1000, 1);
+    let mut up = StreamingUpload::new(
+        &c,
+        "small.nar".into(),
+        "application/x-nix-nar",
+        5 * MIB,
+        1000,
+    );
+    up.write_all(&small).unwrap();
+    assert_eq!(up.finish().unwrap(), 1000);
+    assert_eq!(c.get_object("small.nar").unwrap(), Some(small));
+
+    // ~12 MiB in odd-sized writes with 5 MiB parts: 5 + 5 + ~2.
+    let big = data(12 * MIB + 12345, 2);
+    let mut up = StreamingUpload::new(
+        &c,
+        "nar/big.nar".into(),
+        "application/x-nix-nar",
+        5 * MIB,
+        0,
+    );
+    assert_eq!(up.part_size(), 5 * MIB);
+    for chunk in big.chunks(777_777) {
+        up.write_all(chunk).unwrap();
+    }
+    // Two parts are up and the upload is in progress before finish.
+    let pending = s.pending_uploads();
+    assert_eq!(pending.len(), 3, "upload info and two parts: {pending:?}");
+    assert_eq!(up.finish().unwrap(), big.len() as u64);
+    let got = c.get_object("nar/big.nar").unwrap().expect("object exists");
+    assert!(
+        got == big,
+        "multipart object differs: {} vs {} bytes",
+        got.len(),
+        big.len()
+    );
+    assert_eq!(s.pending_uploads(), Vec::<String>::new());
+
+    // Exactly one part: still a single PutObject (no upload is ever created).
+    let one = data(5 * MIB, 3);
+    let mut up = StreamingUpload::new(&c, "one.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
+    up.write_all(&one).unwrap();
+    assert_eq!(s.pending_uploads(), Vec::<String>::new());
+    assert_eq!(up.finish().unwrap(), one.len() as u64);
+    assert_eq!(c.head_object("one.nar").unwrap(), Some(one.len() as u64));
+}
+
+#[test]
+fn failed_or_dropped_multipart_uploads_leave_nothing_behind() {
+    let s = S3Server::start();
+    s.create_bucket("bkt");
+    let c = client(&s, "bkt");
+
+    // Dropped unfinished after a part went up: aborted.
+    let mut up = StreamingUpload::new(
+        &c,
+        "dropped.nar".into(),
+        "application/x-nix-nar",
+        5 * MIB,
+        0,
+    );
+    up.write_all(&data(6 * MIB, 4)).unwrap();
+    assert_eq!(
+        s.pending_uploads().len(),
+        2,
+        "the test must see the upload (info and part 1) first"
+    );
+    drop(up);
+    assert_eq!(s.pending_uploads(), Vec::<String>::new());
+    assert_eq!(c.head_object("dropped.nar").unwrap(), None);
+
+    // A rejected completion fails with S3's code, not retried; aborting cleans up.
+    // (s3s-fs does not check ETags; an empty part list it does reject.)
+    let id = c
+        .create_multipart_upload("bogus.nar", "application/x-nix-nar")
+        .unwrap();
+    let etag = c.upload_part("bogus.nar", &id, 1, &data(1000, 5)).unwrap();
+    assert!(!etag.is_empty());
+    let e = c
+        .complete_multipart_upload("bogus.nar", &id, &[])
+        .unwrap_err();
+    assert_eq!(e.attempts, 1, "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("CompleteMultipartUpload bogus.nar on bucket 'bkt'"),
+        "{msg}"
+    );
+    assert_eq!(e.code(), Some("InvalidPart"), "{msg}");
+    assert!(!e.is_transient());
+    assert_eq!(
+        s.pending_uploads().len(),
+        2,
+        "still pending before the abort"
+    );
+    c.abort_multipart_upload("bogus.nar", &id).unwrap();
+    assert_eq!(s.pending_uploads(), Vec::<String>::new());
+    assert_eq!(c.head_object("bogus.nar").unwrap(), None);
+
+    // An explicit abort mid-stream.
+    let mut up = StreamingUpload::new(
+        &c,
+        "aborted.nar".into(),
+        "application/x-nix-nar",
+        5 * MIB,
+        0,
+    );
+    up.write_all(&data(11 * MIB, 6)).unwrap();
+    up.abort();
+    assert_eq!(s.pending_uploads(), Vec::<String>::new());
+}
+
+#[test]
+fn wrong_secret_fails_fast_with_code_bucket_and_endpoint() {
+    let s = S3Server::start();
+    s.create_bucket("nix-cache");
+    let bad_secret = "definitely-not-the-secret-9f3k";
+    let c = Client::new(config(&s.url("nix-cache"), &s.access_key, bad_secret)).unwrap();
+    let t = Instant::now();
+    let e = c.put_object("x.narinfo", b"x", "text/plain").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}: {msg}",
+        t.elapsed()
+    );
+    assert_eq!(e.attempts, 1, "{msg}");
+    assert!(!e.is_transient());
+    assert!(msg.contains("SignatureDoesNotMatch"), "{msg}");
+    assert!(
+        msg.contains("bucket 'nix-cache'") && msg.contains(&s.endpoint()),
+        "{msg}"
+    );
+    assert!(msg.contains("check the secret key"), "{msg}");
+    assert!(
+        !msg.contains(bad_secret) && !format!("{e:?}").contains(bad_secret),
+        "{msg}"
+    );
+    assert_no_secret(&msg, &s);
+
+    // An unknown access key.
+    let c = Client::new(config(&s.url("nix-cache"), "AKIDUNKNOWN", &s.secret_key)).unwrap();
+    let e = c.head_object("x.narinfo").unwrap_err();
+    assert_eq!(e.attempts, 1, "{e}");
+    assert_eq!(e.status(), Some(403), "{e}");
+    assert_no_secret(&e.to_string(), &s);
+}
+
+#[test]
+fn missing_bucket_is_no_such_bucket() {
+    let s = S3Server::start();
+    let c = client(&s, "no-such-bucket");
+    // (s3s-fs lets PutObject create a missing bucket's directory, so list.)
+    let e = c.list_objects_v2("").unwrap_err();
+    let msg = e.to_string();
+    assert_eq!(e.code(), Some("NoSuchBucket"), "{msg}");
+    assert!(
+        msg.contains("ListObjectsV2 on bucket 'no-such-bucket'"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("create the bucket or fix the store URL"),
+        "{msg}"
+    );
+    assert_eq!(e.attempts, 1);
+    assert_no_secret(&msg, &s);
+    let e = c.head_object("x.narinfo");
+    assert!(
+        matches!(e, Ok(None)),
+        "HEAD has no body: a 404 is just absent: {e:?}"
+    );
+
+    // create_bucket makes it usable.
+    c.create_bucket().unwrap();
+    c.put_object("x.narinfo", b"x", "text/plain").unwrap();
+    assert_eq!(
+        c.list_objects_v2("").unwrap(),
+        vec![("x.narinfo".to_string(), 1)]
+    );
+}
+
+#[test]
+fn server_down_retries_then_fails_clearly_within_budget() {
+    let mut s = S3Server::start();
+    s.create_bucket("bkt");
+    let mut cfg = config(&s.url("bkt"), &s.access_key, &s.secret_key);
+    cfg.retry = RetryPolicy {
+        max_attempts: 4,
+        base_delay: Duration::from_millis(50),
+        max_delay: Duration::from_millis(400),
+        max_total: Duration::from_secs(5),
+    };
+    let c = Client::new(cfg).unwrap();
+    c.put_object("a", b"1", "text/plain").unwrap();
+    s.stop();
+    let t = Instant::now();
+    let e = c.put_object("b", b"2", "text/plain").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "took {:?}: {msg}",
+        t.elapsed()
+    );
+    assert_eq!(e.attempts, 4, "{msg}");
+    assert!(
+        matches!(
+            e.kind,
+            S3ErrorKind::Transport {
+                kind: TransportKind::Connect,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(e.is_transient());
+    assert!(
+        msg.to_ascii_lowercase().contains("connection refused") && msg.contains("after 4 attempts"),
+        "{msg}"
+    );
+    assert!(msg.contains(&s.endpoint()), "{msg}");
+    assert_no_secret(&msg, &s);
+
+    // The budget bounds the total even with many attempts allowed.
+    let mut cfg = config(&s.url("bkt"), &s.access_key, &s.secret_key);
+    cfg.retry = RetryPolicy {
+        max_attempts: 1000,
+        base_delay: Duration::from_millis(200),
+        max_delay: Duration::from_millis(500),
+        max_total: Duration::from_secs(2),
+    };
+    let c2 = Client::new(cfg).unwrap();
+    let t = Instant::now();
+    let e = c2.head_object("a").unwrap_err();
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "took {:?}: {e}",
+        t.elapsed()
+    );
+    assert!(e.attempts > 1 && e.attempts < 1000, "{e}");
+
+    // Back up: the same client works again.
+    s.restart();
+    assert_eq!(c.get_object("a").unwrap().as_deref(), Some(&b"1"[..]));
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1/localhost signed by it.
+fn make_ca_and_cert(dir: &Path) {
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-subj",
+            "/CN=narpush test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ])
+        .args([
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .current_dir(dir));
+    run(Command::new("openssl")
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        .args(["-keyout", "server.key", "-out", "server.csr"])
+        .current_dir(dir));
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(Command::new("openssl")
+        .args([
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+        ])
+        .args([
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ])
+        .current_dir(dir));
+}
+
+/// stunnel (Debian package `stunnel4`) terminating TLS in front of the S3 server.
+struct Stunnel(std::process::Child);
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_stunnel(dir: &Path, tls_port: u16, backend_port: u16) -> Stunnel {
+    let conf = dir.join("stunnel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{backend_port}\n\
+             cert = {}\nkey = {}\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.join("stunnel.log")).unwrap();
+    let child = Command::new("stunnel")
+        .arg(&conf)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn stunnel: install the Debian package stunnel4");
+    let st = Stunnel(child);
+    wait_for_port(tls_port, "stunnel");
+    st
+}
+
+/// All TLS cases in one test: they read SSL_CERT_FILE, which no other test sets.
+#[test]
+fn tls_with_private_ca() {
+    let s = S3Server::start();
+    s.create_bucket("bkt");
+    let dir = temp_dir("tls");
+    make_ca_and_cert(&dir);
+    let tls_port = free_port();
+    let _st = start_stunnel(&dir, tls_port, s.port);
+    let url = format!("s3://bkt?endpoint=https://127.0.0.1:{tls_port}");
+    let ca = dir.join("ca.pem");
+
+    // Trusting the CA through the config field.
+    let mut cfg = config(&url, &s.access_key, &s.secret_key);
+    cfg.trust_file = Some(ca.clone());
+    let c = Client::new(cfg).unwrap();
+    c.put_object("tls.narinfo", b"over tls", "text/plain")
+        .unwrap();
+    assert_eq!(
+        c.get_object("tls.narinfo").unwrap().as_deref(),
+        Some(&b"over tls"[..])
+    );
+
+    // Not trusting it (no NIX_SSL_CERT_FILE/SSL_CERT_FILE: the system bundle).
+    std::env::remove_var("NIX_SSL_CERT_FILE");
+    std::env::remove_var("SSL_CERT_FILE");
+    let c = Client::new(config(&url, &s.access_key, &s.secret_key)).unwrap();
+    let t = Instant::now();
+    let e = c.head_object("tls.narinfo").unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        matches!(
+            e.kind,
+            S3ErrorKind::Transport {
+                kind: TransportKind::Tls,
+                ..
+            }
+        ),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("certificate is not trusted") && msg.contains("SSL_CERT_FILE"),
+        "{msg}"
+    );
+    assert_eq!(e.attempts, 1, "certificate errors are not retried: {msg}");
+    assert!(t.elapsed() < Duration::from_secs(2));
+
+    // Trusting it through SSL_CERT_FILE, read when the client is made.
+    std::env::set_var("SSL_CERT_FILE", &ca);
+    let c = Client::new(config(&url, &s.access_key, &s.secret_key));
+    std::env::remove_var("SSL_CERT_FILE");
+    assert_eq!(c.unwrap().head_object("tls.narinfo").unwrap(), Some(8));
+
+    // A named bundle that does not exist is an error naming it.
+    std::env::set_var("SSL_CERT_FILE", dir.join("missing.pem"));
+    let r = Client::new(config(&url, &s.access_key, &s.secret_key));
+    std::env::remove_var("SSL_CERT_FILE");
+    let m = r.unwrap_err().to_string();
+    assert!(
+        m.contains("missing.pem") && m.contains("SSL_CERT_FILE"),
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scripted HTTP server for what s3s-fs cannot show: it answers requests in order
+/// with canned responses (closing each connection) and records what it was sent.
+struct Scripted {
+    port: u16,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Scripted {
+    fn start(responses: Vec<String>) -> Scripted {
+        use std::io::{BufRead, BufReader, Read};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let thread = std::thread::spawn(move || {
+            for resp in responses {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut len = 0usize;
+                let mut has_auth = false;
+                loop {
+                    let mut h = String::new();
+                    reader.read_line(&mut h).unwrap();
+                    if h == "\r\n" || h.is_empty() {
+                        break;
+                    }
+                    let lower = h.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap();
+                    }
+                    has_auth |= lower.starts_with("authorization: aws4-hmac-sha256 credential=");
+                }
+                let mut body = vec![0; len];
+                reader.read_exact(&mut body).unwrap();
+                assert!(has_auth, "unsigned request: {request_line}");
+                log.lock()
+                    .unwrap()
+                    .push(request_line.trim_end().to_string());
+                stream.write_all(resp.as_bytes()).unwrap();
+            }
+        });
+        Scripted {
+            port,
+            seen,
+            thread: Some(thread),
+        }
+    }
+
+    fn client(&self, retry: RetryPolicy) -> Client {
+        let url = format!("s3://bkt?endpoint=127.0.0.1:{}&scheme=http", self.port);
+        let mut cfg = config(&url, "AKIDTEST", "scripted-secret");
+        cfg.retry = retry;
+        Client::new(cfg).unwrap()
+    }
+
+    /// Wait for the script to be used up and return the request lines seen.
+    fn finish(mut self) -> Vec<String> {
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .expect("scripted server thread");
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn http(status: &str, extra_headers: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{extra_headers}\r\n{body}",
+        body.len()
+    )
+}
+
+fn s3_error_xml(code: &str, message: &str) -> String {
+    format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>")
+}
+
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 5,
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        max_total: Duration::from_secs(10),
+    }
+}
+
+#[test]
+fn retries_slowdown_and_honours_retry_after() {
+    let srv = Scripted::start(vec![
+        http(
+            "503 Slow Down",
+            "Retry-After: 1\r\n",
+            &s3_error_xml("SlowDown", "Please reduce your request rate."),
+        ),
+        http(
+            "500 Internal Server Error",
+            "",
+            &s3_error_xml("InternalError", "We encountered an internal error."),
+        ),
+        http("200 OK", "ETag: \"abc\"\r\n", ""),
+    ]);
+    let c = srv.client(quick_retry());
+    let t = Instant::now();
+    c.put_object("nar/x.nar", b"data", "application/x-nix-nar")
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 was not honoured: {:?}",
+        t.elapsed()
+    );
+    let seen = srv.finish();
+    assert_eq!(seen, vec!["PUT /bkt/nar/x.nar HTTP/1.1"; 3]);
+}
+
+#[test]
+fn retry_after_is_capped_by_the_budget() {
+    let srv = Scripted::start(vec![
+        http(
+            "503 Slow Down",
+            "Retry-After: 3600\r\n",
+            &s3_error_xml("SlowDown", "slow")
+        );
+        2
+    ]);
+    let c = srv.client(RetryPolicy {
+        max_total: Duration::from_millis(600),
+        ..quick_retry()
+    });
+    let t = Instant::now();
+    let e = c.head_object("k").unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(e.status(), Some(503), "{e}");
+    assert_eq!(e.attempts, 2, "{e}");
+    srv.finish();
+}
+
+#[test]
+fn forbidden_is_not_retried_and_head_403_is_access_denied() {
+    let srv = Scripted::start(vec![
+        http(
+            "403 Forbidden",
+            "",
+            &s3_error_xml("AccessDenied", "Access Denied"),
+        ),
+        http("403 Forbidden", "", ""),
+    ]);
+    let c = srv.client(quick_retry());
+    let e = c.get_object("x.narinfo").unwrap_err();
+    assert_eq!((e.code(), e.attempts), (Some("AccessDenied"), 1), "{e}");
+    assert!(
+        e.to_string()
+            .contains("HTTP 403 AccessDenied: Access Denied; check the access key"),
+        "{e}"
+    );
+    let e = c.head_object("x.narinfo").unwrap_err();
+    assert_eq!((e.code(), e.attempts), (Some("AccessDenied"), 1), "{e}");
+    assert_eq!(srv.finish().len(), 2);
+}
+
+#[test]
+fn listings_follow_continuation_and_markers() {
+    let page1 = "<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>tok/1+=</NextContinuationToken>\
+                 <Contents><Key>a &amp; b</Key><Size>1</Size></Contents></ListBucketResult>";
+    let page2 = "<ListBucketResult><IsTruncated>false</IsTruncated>\
+                 <Contents><Key>c</Key><Size>22</Size></Contents></ListBucketResult>";
+    let up1 = "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><NextKeyMarker>k1</NextKeyMarker>\
+               <NextUploadIdMarker>u1</NextUploadIdMarker><Upload><Key>k1</Key><UploadId>u1</UploadId></Upload>\
+               </ListMultipartUploadsResult>";
+    let up2 = "<ListMultipartUploadsResult><IsTruncated>false</IsTruncated>\
+               <Upload><Key>k2</Key><UploadId>u2</UploadId></Upload></ListMultipartUploadsResult>";
+    let srv = Scripted::start(vec![
+        http("200 OK", "", page1),
+        http("200 OK", "", page2),
+        http("200 OK", "", up1),
+        http("200 OK", "", up2),
+    ]);
+    let c = srv.client(quick_retry());
+    assert_eq!(
+        c.list_objects_v2("").unwrap(),
+        vec![("a & b".to_string(), 1), ("c".to_string(), 22)]
+    );
+    assert_eq!(
+        c.list_multipart_uploads().unwrap(),
+        vec![
+            ("k1".to_string(), "u1".to_string()),
+            ("k2".to_string(), "u2".to_string())
+        ]
+    );
+    let seen = srv.finish();
+    assert_eq!(seen[0], "GET /bkt?list-type=2&prefix= HTTP/1.1");
+    assert_eq!(
+        seen[1],
+        "GET /bkt?continuation-token=tok%2F1%2B%3D&list-type=2&prefix= HTTP/1.1"
+    );
+    assert_eq!(seen[2], "GET /bkt?uploads= HTTP/1.1");
+    assert_eq!(
+        seen[3],
+        "GET /bkt?key-marker=k1&upload-id-marker=u1&uploads= HTTP/1.1"
+    );
+}
+
+#[test]
+fn complete_answering_200_with_an_error_is_an_error() {
+    let srv = Scripted::start(vec![http(
+        "200 OK",
+        "",
+        &s3_error_xml(
+            "InvalidPart",
+            "One or more of the specified parts could not be found.",
+        ),
+    )]);
+    let c = srv.client(quick_retry());
+    let e = c
+        .complete_multipart_upload("k", "u1", &[(1, "\"e\"".into())])
+        .unwrap_err();
+    assert_eq!(e.code(), Some("InvalidPart"), "{e}");
+    assert_eq!(srv.finish(), vec!["POST /bkt/k?uploadId=u1 HTTP/1.1"]);
+}
+
+#[test]
+fn a_part_that_fails_aborts_the_upload() {
+    let srv = Scripted::start(vec![
+        http("200 OK", "", "<InitiateMultipartUploadResult><UploadId>up-1</UploadId></InitiateMultipartUploadResult>"),
+        http("400 Bad Request", "", &s3_error_xml("EntityTooSmall", "Your proposed upload is smaller than the minimum")),
+        http("204 No Content", "", ""),
+    ]);
+    let c = srv.client(quick_retry());
+    let mut up = StreamingUpload::new(&c, "nar/y.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
+    up.write_all(&vec![0u8; 5 * MIB]).unwrap();
+    let err = up.write_all(b"more").unwrap_err();
+    let e = narpush::s3::S3Error::from_io(err).expect("the io::Error carries the S3Error");
+    assert_eq!(e.code(), Some("EntityTooSmall"), "{e}");
+    // Later writes and finish keep failing with the same error.
+    assert!(up.write_all(b"x").is_err());
+    assert_eq!(up.finish().unwrap_err().code(), Some("EntityTooSmall"));
+    assert_eq!(
+        srv.finish(),
+        vec![
+            "POST /bkt/nar/y.nar?uploads= HTTP/1.1",
+            "PUT /bkt/nar/y.nar?partNumber=1&uploadId=up-1 HTTP/1.1",
+            "DELETE /bkt/nar/y.nar?uploadId=up-1 HTTP/1.1",
+        ]
+    );
+}
