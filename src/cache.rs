@@ -40,14 +40,21 @@ fn random_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     nixbase32::encode(&h.finish().to_le_bytes()[..5])
 }
 
 /// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let base = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let base = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = tmp_name(dir, &base);
     let result = (|| {
         let mut f = File::create(&tmp)?;
@@ -73,7 +80,8 @@ impl Cache {
     /// Make sure the cache can be written to: a `file://` directory is created.
     pub fn prepare(&self) -> Result<()> {
         if let Cache::File { dir } = self {
-            fs::create_dir_all(dir.join("nar")).map_err(|e| Error::io("create cache directory", dir, e))?;
+            fs::create_dir_all(dir.join("nar"))
+                .map_err(|e| Error::io("create cache directory", dir, e))?;
         }
         Ok(())
     }
@@ -114,15 +122,26 @@ impl Cache {
                 let nar_dir = dir.join("nar");
                 let path = tmp_name(&nar_dir, "upload");
                 let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-                let tmp = TempFile { path, file: Some(BufWriter::with_capacity(1 << 20, f)) };
-                Ok(NarSink::File { dir: nar_dir, tmp, ext: ext.into() })
+                let tmp = TempFile {
+                    path,
+                    file: Some(BufWriter::with_capacity(1 << 20, f)),
+                };
+                Ok(NarSink::File {
+                    dir: nar_dir,
+                    tmp,
+                    ext: ext.into(),
+                })
             }
             Cache::S3 { client, part_size } => Ok(NarSink::S3 {
                 client: client.clone(),
                 part_size: *part_size,
                 buf: Vec::new(),
                 upload: None,
-                big_key: format!("nar/{}-{}.nar{ext}", nixbase32::encode(nar_hash), random_suffix()),
+                big_key: format!(
+                    "nar/{}-{}.nar{ext}",
+                    nixbase32::encode(nar_hash),
+                    random_suffix()
+                ),
                 expected_len,
                 ext: ext.into(),
             }),
@@ -132,7 +151,11 @@ impl Cache {
 
 /// Where compressed NAR bytes go while they are produced.
 pub enum NarSink {
-    File { dir: PathBuf, tmp: TempFile, ext: String },
+    File {
+        dir: PathBuf,
+        tmp: TempFile,
+        ext: String,
+    },
     /// Bytes are buffered up to one part; past that they stream as a multipart upload.
     S3 {
         client: Client,
@@ -152,10 +175,18 @@ impl NarSink {
             NarSink::File { dir, mut tmp, ext } => {
                 let key_name = format!("{}.nar{ext}", nixbase32::encode(file_hash));
                 let dest = dir.join(&key_name);
-                tmp.persist(&dest).map_err(|e| Error::io("write", &dest, e))?;
+                tmp.persist(&dest)
+                    .map_err(|e| Error::io("write", &dest, e))?;
                 Ok(format!("nar/{key_name}"))
             }
-            NarSink::S3 { client, buf, upload, big_key, ext, .. } => match upload {
+            NarSink::S3 {
+                client,
+                buf,
+                upload,
+                big_key,
+                ext,
+                ..
+            } => match upload {
                 Some(upload) => {
                     upload.finish()?;
                     Ok(big_key)
@@ -186,7 +217,15 @@ impl Write for NarSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             NarSink::File { tmp, .. } => tmp.write(buf),
-            NarSink::S3 { client, part_size, buf: pending, upload, big_key, expected_len, .. } => {
+            NarSink::S3 {
+                client,
+                part_size,
+                buf: pending,
+                upload,
+                big_key,
+                expected_len,
+                ..
+            } => {
                 if let Some(u) = upload {
                     return u.write(buf);
                 }
@@ -195,7 +234,13 @@ impl Write for NarSink {
                     return Ok(buf.len());
                 }
                 // More than one part: switch to a multipart upload under the up-front name.
-                let mut u = StreamingUpload::new(client, big_key.clone(), NAR_TYPE, *part_size, *expected_len);
+                let mut u = StreamingUpload::new(
+                    client,
+                    big_key.clone(),
+                    NAR_TYPE,
+                    *part_size,
+                    *expected_len,
+                );
                 u.write_all(pending)?;
                 *pending = Vec::new();
                 let n = u.write(buf)?;
@@ -222,7 +267,12 @@ pub struct TempFile {
 
 impl TempFile {
     fn persist(&mut self, dest: &Path) -> io::Result<()> {
-        let f = self.file.take().expect("persist once").into_inner().map_err(|e| e.into_error())?;
+        let f = self
+            .file
+            .take()
+            .expect("persist once")
+            .into_inner()
+            .map_err(|e| e.into_error())?;
         f.sync_all()?;
         fs::rename(&self.path, dest)
     }
@@ -230,7 +280,10 @@ impl TempFile {
 
 impl Write for TempFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file.as_mut().ok_or_else(|| io::Error::other("temporary file closed"))?.write(buf)
+        self.file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("temporary file closed"))?
+            .write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {

@@ -108,6 +108,15 @@ fn effective_uid_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// The state directory used when the configuration names none (also when the
+/// configuration itself cannot be read, so a hook can still record what it missed).
+pub fn fallback_state_dir(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
+    match env("NARPUSH_STATE_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => default_state_dir(env, effective_uid_is_root()),
+    }
+}
+
 fn default_jobs() -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())

@@ -3,6 +3,7 @@
 //! (filesystem walk, the `nix` child process, the network, `main`).
 #![forbid(unsafe_code)]
 
+pub mod app;
 pub mod cache;
 pub mod cli;
 pub mod compress;

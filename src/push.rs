@@ -39,7 +39,11 @@ pub struct PushOptions {
 /// What happened to one path.
 #[derive(Debug)]
 pub enum Outcome {
-    Pushed { nar_size: u64, file_size: u64, elapsed: Duration },
+    Pushed {
+        nar_size: u64,
+        file_size: u64,
+        elapsed: Duration,
+    },
     /// The cache already had its narinfo.
     Present,
     Failed(Error),
@@ -47,10 +51,23 @@ pub enum Outcome {
 
 /// Progress, reported as it happens (from worker threads).
 pub enum Event<'a> {
-    Pushed { path: &'a str, nar_size: u64, file_size: u64, compression: Compression, elapsed: Duration },
-    Present { path: &'a str },
-    Upstream { path: &'a str },
-    Failed { path: &'a str, error: &'a Error },
+    Pushed {
+        path: &'a str,
+        nar_size: u64,
+        file_size: u64,
+        compression: Compression,
+        elapsed: Duration,
+    },
+    Present {
+        path: &'a str,
+    },
+    Upstream {
+        path: &'a str,
+    },
+    Failed {
+        path: &'a str,
+        error: &'a Error,
+    },
 }
 
 pub struct Report {
@@ -93,11 +110,16 @@ pub fn push(
     let mut upstream = Vec::new();
     for info in &infos {
         let is_root = root_set.contains(&info.path);
-        let upstream_signed = info.sigs.iter().any(|s| opts.upstream_keys.iter().any(|k| k == sig_key_name(s)));
+        let upstream_signed = info
+            .sigs
+            .iter()
+            .any(|s| opts.upstream_keys.iter().any(|k| k == sig_key_name(s)));
         if is_root || opts.deps == Deps::Closure || !upstream_signed {
             candidates.push(info);
         } else {
-            log(&Event::Upstream { path: &info.path.to_full(sd) });
+            log(&Event::Upstream {
+                path: &info.path.to_full(sd),
+            });
             upstream.push(info.path.to_full(sd));
         }
     }
@@ -117,60 +139,104 @@ pub fn push(
             }
             Ok(false) => todo.push(info),
             Err(e) => {
-                log(&Event::Failed { path: &full, error: &e });
+                log(&Event::Failed {
+                    path: &full,
+                    error: &e,
+                });
                 outcomes.push((full, Outcome::Failed(e)));
             }
         }
     }
     if todo.is_empty() {
-        return Ok(Report { outcomes, upstream, elapsed: start.elapsed() });
+        return Ok(Report {
+            outcomes,
+            upstream,
+            elapsed: start.elapsed(),
+        });
     }
 
     // 4. The cache's nix-cache-info.
     if let Err(e) = check_cache_info(cache, sd) {
         for info in todo {
-            outcomes.push((info.path.to_full(sd), Outcome::Failed(Error::Other(e.to_string()))));
+            outcomes.push((
+                info.path.to_full(sd),
+                Outcome::Failed(Error::Other(e.to_string())),
+            ));
         }
         return Err(e);
     }
 
     // 5. Push in reference order.
-    let results = run_ordered(&todo, opts.jobs, |info| {
-        let full = info.path.to_full(sd);
-        let t = Instant::now();
-        match push_one(nix, cache, info, opts) {
-            Ok((nar_size, file_size)) => {
-                let elapsed = t.elapsed();
-                log(&Event::Pushed { path: &full, nar_size, file_size, compression: opts.compression, elapsed });
-                Outcome::Pushed { nar_size, file_size, elapsed }
+    let results = run_ordered(
+        &todo,
+        opts.jobs,
+        |info| {
+            let full = info.path.to_full(sd);
+            let t = Instant::now();
+            match push_one(nix, cache, info, opts) {
+                Ok((nar_size, file_size)) => {
+                    let elapsed = t.elapsed();
+                    log(&Event::Pushed {
+                        path: &full,
+                        nar_size,
+                        file_size,
+                        compression: opts.compression,
+                        elapsed,
+                    });
+                    Outcome::Pushed {
+                        nar_size,
+                        file_size,
+                        elapsed,
+                    }
+                }
+                Err(e) => {
+                    log(&Event::Failed {
+                        path: &full,
+                        error: &e,
+                    });
+                    Outcome::Failed(e)
+                }
             }
-            Err(e) => {
-                log(&Event::Failed { path: &full, error: &e });
-                Outcome::Failed(e)
-            }
-        }
-    }, |info, dep| {
-        let e = Error::Other(format!("not pushed: its reference {} could not be pushed", dep.path.to_full(sd)));
-        log(&Event::Failed { path: &info.path.to_full(sd), error: &e });
-        Outcome::Failed(e)
-    });
+        },
+        |info, dep| {
+            let e = Error::Other(format!(
+                "not pushed: its reference {} could not be pushed",
+                dep.path.to_full(sd)
+            ));
+            log(&Event::Failed {
+                path: &info.path.to_full(sd),
+                error: &e,
+            });
+            Outcome::Failed(e)
+        },
+    );
     let _ = by_path;
     for (info, outcome) in todo.iter().zip(results) {
         outcomes.push((info.path.to_full(sd), outcome));
     }
-    Ok(Report { outcomes, upstream, elapsed: start.elapsed() })
+    Ok(Report {
+        outcomes,
+        upstream,
+        elapsed: start.elapsed(),
+    })
 }
 
 /// Write `nix-cache-info` when the cache has none; refuse a cache for another store.
 pub fn check_cache_info(cache: &Cache, store_dir: &str) -> Result<()> {
     cache.prepare()?;
     match cache.get("nix-cache-info")? {
-        None => cache.put("nix-cache-info", format!("StoreDir: {store_dir}\n").as_bytes(), CACHE_INFO_TYPE),
+        None => cache.put(
+            "nix-cache-info",
+            format!("StoreDir: {store_dir}\n").as_bytes(),
+            CACHE_INFO_TYPE,
+        ),
         Some(bytes) => {
             let text = String::from_utf8_lossy(&bytes);
-            let theirs = text
-                .lines()
-                .find_map(|l| l.split_once(':').filter(|(k, _)| *k == "StoreDir").map(|(_, v)| v.trim()));
+            let theirs = text.lines().find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| *k == "StoreDir")
+                    .map(|(_, v)| v.trim())
+            });
             match theirs {
                 Some(dir) if dir != store_dir => Err(Error::Other(format!(
                     "binary cache {} is for Nix stores with prefix '{dir}', not '{store_dir}'; push to another cache",
@@ -183,18 +249,34 @@ pub fn check_cache_info(cache: &Cache, store_dir: &str) -> Result<()> {
 }
 
 /// Serialise, check, compress and upload one path, then its narinfo.
-fn push_one(nix: &LocalNix, cache: &Cache, info: &PathInfo, opts: &PushOptions) -> Result<(u64, u64)> {
+fn push_one(
+    nix: &LocalNix,
+    cache: &Cache,
+    info: &PathInfo,
+    opts: &PushOptions,
+) -> Result<(u64, u64)> {
     let sd = nix.store_dir.as_str();
     let full = info.path.to_full(sd);
-    let threads = if opts.compression == Compression::Zstd && info.nar_size >= PARALLEL_COMPRESSION_MIN {
-        std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-    } else {
-        1
-    };
+    let threads =
+        if opts.compression == Compression::Zstd && info.nar_size >= PARALLEL_COMPRESSION_MIN {
+            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
+        } else {
+            1
+        };
     let expected = info.nar_size + info.nar_size / 16 + (64 << 10);
     let sink = cache.nar_sink(&info.nar_hash, opts.compression.extension(), expected)?;
-    let encoder = Encoder::new(opts.compression, opts.level, threads, HashingWriter::new(sink))
-        .map_err(|e| Error::Other(format!("start {} compression: {e}", opts.compression.name())))?;
+    let encoder = Encoder::new(
+        opts.compression,
+        opts.level,
+        threads,
+        HashingWriter::new(sink),
+    )
+    .map_err(|e| {
+        Error::Other(format!(
+            "start {} compression: {e}",
+            opts.compression.name()
+        ))
+    })?;
     let mut pipeline = HashingWriter::new(encoder);
     let dumped = crate::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ());
     let (encoder, nar_hash, nar_size) = pipeline.finish();
@@ -231,7 +313,11 @@ fn push_one(nix: &LocalNix, cache: &Cache, info: &PathInfo, opts: &PushOptions) 
         file_size: Some(file_size),
         nar_hash,
         nar_size,
-        references: info.references.iter().map(|r| r.base_name().to_string()).collect(),
+        references: info
+            .references
+            .iter()
+            .map(|r| r.base_name().to_string())
+            .collect(),
         deriver: info.deriver.as_ref().map(|d| d.base_name().to_string()),
         sigs: Vec::new(),
         ca: info.ca.clone(),
@@ -244,7 +330,11 @@ fn push_one(nix: &LocalNix, cache: &Cache, info: &PathInfo, opts: &PushOptions) 
         sigs.insert(key.sign(fingerprint.as_bytes()));
     }
     narinfo.sigs = sigs.into_iter().collect();
-    cache.put(&format!("{}.narinfo", info.path.hash_part()), narinfo.render().as_bytes(), NARINFO_TYPE)?;
+    cache.put(
+        &format!("{}.narinfo", info.path.hash_part()),
+        narinfo.render().as_bytes(),
+        NARINFO_TYPE,
+    )?;
     Ok((nar_size, file_size))
 }
 
@@ -268,7 +358,11 @@ fn transport_or(e: Error) -> Error {
 }
 
 /// Apply `f` to every item with up to `threads` threads; results in input order.
-pub fn parallel_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let next = Mutex::new(0usize);
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|s| {
@@ -286,7 +380,12 @@ pub fn parallel_map<T: Sync, R: Send>(items: &[T], threads: usize, f: impl Fn(&T
             });
         }
     });
-    results.into_inner().unwrap_or_else(|p| p.into_inner()).into_iter().map(|r| r.expect("every item done")).collect()
+    results
+        .into_inner()
+        .unwrap_or_else(|p| p.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every item done"))
+        .collect()
 }
 
 /// Run `work` on every path with up to `jobs` threads, each only after all of its
@@ -298,7 +397,11 @@ fn run_ordered<'a>(
     work: impl Fn(&'a PathInfo) -> Outcome + Sync,
     dep_failed: impl Fn(&'a PathInfo, &'a PathInfo) -> Outcome + Sync,
 ) -> Vec<Outcome> {
-    let index: HashMap<&StorePath, usize> = items.iter().enumerate().map(|(i, p)| (&p.path, i)).collect();
+    let index: HashMap<&StorePath, usize> = items
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (&p.path, i))
+        .collect();
     let mut waiting_on: Vec<usize> = vec![0; items.len()];
     let mut dependents: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, info) in items.iter().enumerate() {
@@ -381,6 +484,8 @@ fn run_ordered<'a>(
         .unwrap_or_else(|p| p.into_inner())
         .results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Outcome::Failed(Error::Other("not pushed: reference cycle".into()))))
+        .map(|r| {
+            r.unwrap_or_else(|| Outcome::Failed(Error::Other("not pushed: reference cycle".into())))
+        })
         .collect()
 }

@@ -1,0 +1,366 @@
+//! The commands, from a resolved [`Config`] to an exit code: `push` (by hand or as
+//! Nix's post-build hook), `retry` and `keygen`. This is where the never-wedge-a-build
+//! policy lives: in hook mode a failure is reported in one line per path, the paths
+//! are recorded in the pending list, and the exit code is 0 unless `--strict`.
+
+use crate::cache::Cache;
+use crate::compress::Compression;
+use crate::config::{Command, Config, HookEnv};
+use crate::error::{Error, Result};
+use crate::pathinfo::{resolve_user_path, LocalNix};
+use crate::pending::PendingList;
+use crate::push::{self, Event, Outcome, PushOptions, Report};
+use crate::signing::SecretKey;
+use crate::store_path::StorePath;
+use crate::store_url::StoreUrl;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// How `main` sees the environment (the real one, or a test's).
+pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// Run a resolved command; returns the exit code.
+pub fn run(config: Config, env: Env) -> Result<i32> {
+    match &config.command {
+        Command::Help(text) => {
+            print!("{text}");
+            Ok(0)
+        }
+        Command::Version => {
+            println!("{}", crate::cli::version_text());
+            Ok(0)
+        }
+        Command::Keygen { name, out } => keygen(name, out),
+        Command::Push { paths, hook } => {
+            let (paths, hook) = (paths.clone(), hook.clone());
+            match hook {
+                Some(h) => run_hook(&config, &h, env),
+                None => run_push(&config, &paths, env),
+            }
+        }
+        Command::Retry => run_retry(&config, env),
+    }
+}
+
+fn keygen(name: &str, out: &Path) -> Result<i32> {
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key = SecretKey::generate(name)?;
+    let sec = PathBuf::from(format!("{}.sec", out.display()));
+    let public = PathBuf::from(format!("{}.pub", out.display()));
+    for p in [&sec, &public] {
+        if p.exists() {
+            return Err(Error::Usage(format!(
+                "{} already exists; remove it or pass --out PREFIX",
+                p.display()
+            )));
+        }
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&sec)
+        .map_err(|e| Error::io("create secret key file", &sec, e))?;
+    f.write_all(key.to_file_string().as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(|e| Error::io("write secret key file", &sec, e))?;
+    let pk = key.public().to_file_string();
+    crate::cache::write_atomic(&public, pk.as_bytes())?;
+    eprintln!(
+        "wrote secret key {} (mode 600) and public key {}",
+        sec.display(),
+        public.display()
+    );
+    println!("{pk}");
+    Ok(0)
+}
+
+/// Everything a push needs, built from the configuration.
+struct Target {
+    cache: Cache,
+    opts: PushOptions,
+}
+
+fn open_target(config: &Config, env: Env) -> Result<Target> {
+    let to = config.to.as_deref().ok_or_else(|| {
+        Error::Usage(
+            "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
+             set NARPUSH_TO, or 'to' in /etc/narpush.toml"
+                .into(),
+        )
+    })?;
+    let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
+    let url = StoreUrl::parse(to, region.as_deref())?;
+    let params = match &url {
+        StoreUrl::File { params, .. } => params,
+        StoreUrl::S3(s3) => &s3.cache,
+    };
+    let compression = Compression::parse(
+        config
+            .compression
+            .as_deref()
+            .or(params.compression.as_deref())
+            .unwrap_or("zstd"),
+    )?;
+    let level = compression.check_level(config.compression_level.or(params.compression_level))?;
+    let mut keys = Vec::new();
+    for path in config.key_files.iter().chain(&params.secret_keys) {
+        let (key, warning) = SecretKey::load(path)?;
+        if let Some(w) = warning {
+            eprintln!("narpush: warning: {w}");
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() && !config.quiet {
+        eprintln!(
+            "narpush: warning: no signing key (--key-file); clients with require-sigs accept these paths only through signatures they already carry"
+        );
+    }
+    let cache = match url {
+        StoreUrl::File { dir, .. } => Cache::File { dir },
+        StoreUrl::S3(s3) => {
+            let home = env("HOME").map(PathBuf::from);
+            let req = crate::creds::Request {
+                credentials_file: config.credentials_file.as_deref(),
+                profile: s3.profile.as_deref(),
+            };
+            let creds = crate::creds::resolve(&req, env, home.as_deref())?;
+            let client = crate::s3::Client::new(crate::s3::S3Config::from_url(&s3, creds))?;
+            Cache::S3 {
+                client,
+                part_size: s3.part_size as usize,
+            }
+        }
+    };
+    let opts = PushOptions {
+        compression,
+        level,
+        keys,
+        deps: config.deps,
+        upstream_keys: config.upstream_keys.clone(),
+        jobs: config.jobs,
+    };
+    Ok(Target { cache, opts })
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// The per-path lines, as they happen.
+fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
+    move |ev: &Event| match ev {
+        Event::Pushed {
+            path,
+            nar_size,
+            file_size,
+            compression,
+            elapsed,
+        } if !config.quiet => {
+            println!(
+                "pushed {path}: {} → {} {} in {:.1} s",
+                human(*nar_size),
+                human(*file_size),
+                compression.name(),
+                elapsed.as_secs_f64()
+            );
+        }
+        Event::Present { path } if config.verbose => {
+            println!("skipped {path}: already in the cache")
+        }
+        Event::Upstream { path } if config.verbose => {
+            println!("skipped {path}: signed by an upstream cache")
+        }
+        Event::Failed { path, error } => eprintln!("narpush: failed {path}: {error}"),
+        _ => {}
+    }
+}
+
+fn summary(config: &Config, report: &Report, cache: &Cache) {
+    if config.quiet {
+        return;
+    }
+    let pushed = report.count(|o| matches!(o, Outcome::Pushed { .. }));
+    let present = report.count(|o| matches!(o, Outcome::Present));
+    let failed = report.count(|o| matches!(o, Outcome::Failed(_)));
+    let (nar, file) = report
+        .outcomes
+        .iter()
+        .fold((0, 0), |(n, f), (_, o)| match o {
+            Outcome::Pushed {
+                nar_size,
+                file_size,
+                ..
+            } => (n + nar_size, f + file_size),
+            _ => (n, f),
+        });
+    let mut line = format!(
+        "narpush: {pushed} pushed ({} → {})",
+        human(nar),
+        human(file)
+    );
+    line += &format!(", {present} already cached");
+    if !report.upstream.is_empty() {
+        line += &format!(", {} left to upstream", report.upstream.len());
+    }
+    if failed > 0 {
+        line += &format!(", {failed} failed");
+    }
+    line += &format!(
+        " in {:.1} s to {}",
+        report.elapsed.as_secs_f64(),
+        cache.describe()
+    );
+    println!("{line}");
+}
+
+fn resolve_args(paths: &[PathBuf], store_dir: &str) -> Result<Vec<StorePath>> {
+    paths
+        .iter()
+        .map(|p| {
+            let s = p.to_str().ok_or_else(|| {
+                Error::Usage(format!(
+                    "'{}' is not a store path (store paths are ASCII)",
+                    p.display()
+                ))
+            })?;
+            resolve_user_path(s, store_dir)
+        })
+        .collect()
+}
+
+/// By hand: every failure is an error (exit 1), with a line per path.
+fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
+    let nix = LocalNix::detect()?;
+    let roots = resolve_args(paths, &nix.store_dir)?;
+    let target = open_target(config, env)?;
+    let report = push::push(&nix, &target.cache, &roots, &target.opts, &logger(config))?;
+    summary(config, &report, &target.cache);
+    Ok(if report.failed().next().is_some() {
+        1
+    } else {
+        0
+    })
+}
+
+/// What Nix says was built; `OUT_PATHS` may be empty (Nix 2.8.0), then the
+/// derivation's valid outputs.
+fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<String>)> {
+    let mut roots = Vec::new();
+    let mut junk = Vec::new();
+    for tok in &hook.out_paths {
+        match StorePath::from_full_path(&nix.store_dir, tok) {
+            Ok(p) => roots.push(p),
+            Err(e) => junk.push(format!("OUT_PATHS entry {e}")),
+        }
+    }
+    if hook.out_paths.is_empty() {
+        if let Some(drv) = &hook.drv_path {
+            roots = nix.valid_outputs_of(Path::new(drv))?;
+        }
+    }
+    Ok((roots, junk))
+}
+
+/// As Nix's post-build hook: never fail the build for a cache problem.
+fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
+    let nix = LocalNix::detect()?;
+    let (roots, junk) = hook_roots(&nix, hook)?;
+    for j in &junk {
+        eprintln!("narpush: ignored {j}");
+    }
+    let failed: Vec<String>;
+    match open_target(config, env)
+        .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, &logger(config)).map(|r| (t, r)))
+    {
+        Ok((target, report)) => {
+            summary(config, &report, &target.cache);
+            failed = report.failed().map(|(p, _)| p.to_string()).collect();
+        }
+        Err(e) => {
+            for r in &roots {
+                eprintln!("narpush: failed {}: {e}", r.to_full(&nix.store_dir));
+            }
+            failed = roots.iter().map(|r| r.to_full(&nix.store_dir)).collect();
+        }
+    }
+    if failed.is_empty() {
+        return Ok(0);
+    }
+    record_pending(&config.state_dir, &failed)?;
+    Ok(if config.strict { 1 } else { 0 })
+}
+
+/// Record paths to push later; failing to do so is the one hook error that stops the
+/// build (losing a path silently is worse).
+pub fn record_pending(state_dir: &Path, paths: &[String]) -> Result<()> {
+    let list = PendingList::open(state_dir)?;
+    list.append(paths)?;
+    eprintln!(
+        "narpush: {} path(s) recorded in {}; run 'narpush retry' to push them",
+        paths.len(),
+        list.path().display()
+    );
+    Ok(())
+}
+
+fn run_retry(config: &Config, env: Env) -> Result<i32> {
+    let list = PendingList::open(&config.state_dir)?;
+    let Some(_guard) = list.try_lock_retry()? else {
+        eprintln!("narpush: another 'narpush retry' is running; nothing done");
+        return Ok(0);
+    };
+    let pending = list.load()?;
+    if pending.is_empty() {
+        if !config.quiet {
+            println!("narpush: nothing pending in {}", list.path().display());
+        }
+        return Ok(0);
+    }
+    let nix = LocalNix::detect()?;
+    let mut roots = Vec::new();
+    let mut gone = Vec::new();
+    for p in &pending {
+        match StorePath::from_full_path(&nix.store_dir, p) {
+            Ok(sp) => roots.push(sp),
+            Err(e) => {
+                eprintln!("narpush: dropping pending entry {e}");
+                gone.push(p.clone());
+            }
+        }
+    }
+    let valid = nix.valid_paths(&roots)?;
+    for r in &roots {
+        if !valid.contains(r) {
+            let full = r.to_full(&nix.store_dir);
+            eprintln!(
+                "narpush: dropping {full}: no longer valid in the local store (garbage-collected?)"
+            );
+            gone.push(full);
+        }
+    }
+    let target = open_target(config, env)?;
+    let report = push::push(&nix, &target.cache, &valid, &target.opts, &logger(config))?;
+    summary(config, &report, &target.cache);
+    let failed: Vec<&str> = report.failed().map(|(p, _)| p).collect();
+    let done: Vec<String> = pending
+        .iter()
+        .filter(|p| !failed.contains(&p.as_str()))
+        .cloned()
+        .chain(gone)
+        .collect();
+    list.remove(&done)?;
+    Ok(if failed.is_empty() { 0 } else { 1 })
+}
