@@ -1,1 +1,2 @@
+pub mod nix;
 pub mod s3server;
