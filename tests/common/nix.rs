@@ -99,10 +99,10 @@ pub fn graph_expr(tag: &str) -> String {
     format!(
         r#"let
   sh = "/bin/sh";
-  mk = name: script: derivation {{ inherit name; system = builtins.currentSystem; builder = sh; args = [ "-c" script ]; tag = "{tag}"; }};
+  mk = name: script: derivation {{ inherit name; system = builtins.currentSystem; builder = sh; args = [ "-c" script ]; tag = "{tag}"; PATH = "/usr/bin:/bin"; }};
   dep = mk "narpush-dep" "echo dependency-{tag} > $out";
   app = derivation {{
-    name = "narpush-app"; system = builtins.currentSystem; builder = sh; tag = "{tag}";
+    name = "narpush-app"; system = builtins.currentSystem; builder = sh; tag = "{tag}"; PATH = "/usr/bin:/bin";
     outputs = [ "out" "doc" ];
     args = [ "-c" "mkdir -p $out/bin $doc; echo 'the docs' > $doc/README; printf '#!/bin/sh\necho hi from %s\n' ${{dep}} > $out/bin/app; chmod +x $out/bin/app; ln -s $doc/README $out/README" ];
   }};
