@@ -14,6 +14,8 @@ pub enum Compression {
 
 /// zstd's level when none is given (zstd's own default, and Nix's).
 pub const ZSTD_DEFAULT_LEVEL: i32 = 3;
+/// Input per zstd worker job in multithreaded mode.
+const ZSTD_JOB_SIZE: u32 = 2 << 20;
 /// xz's preset when none is given (liblzma's default, what Nix writes).
 pub const XZ_DEFAULT_LEVEL: i32 = 6;
 
@@ -94,6 +96,9 @@ impl<W: Write> Encoder<W> {
                     zstd::stream::write::Encoder::new(w, level.unwrap_or(ZSTD_DEFAULT_LEVEL))?;
                 if threads > 1 {
                     enc.multithread(threads)?;
+                    // Smaller jobs than zstd's default (4 windows, 8 MiB at level 3)
+                    // keep the workers' buffers inside narpush's memory budget.
+                    enc.set_parameter(zstd::stream::raw::CParameter::JobSize(ZSTD_JOB_SIZE))?;
                 }
                 enc.include_checksum(true)?;
                 Encoder::Zstd(enc)

@@ -23,7 +23,11 @@ fn make_tree(root: &Path) {
     fs::write(root.join("not-exec"), b"x").unwrap();
     fs::set_permissions(root.join("not-exec"), fs::Permissions::from_mode(0o654)).unwrap();
     fs::write(root.join("owner-exec-only"), b"y").unwrap();
-    fs::set_permissions(root.join("owner-exec-only"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(
+        root.join("owner-exec-only"),
+        fs::Permissions::from_mode(0o700),
+    )
+    .unwrap();
     symlink("/nix/store/absolute/target", root.join("abs-link")).unwrap();
     symlink("plain.txt", root.join("rel-link")).unwrap();
     symlink("../../does/not/exist", root.join("dangling")).unwrap();
@@ -37,7 +41,17 @@ fn make_tree(root: &Path) {
     // Byte order: "0" < "Z" < "_" < "a~" < "z" < "é" (0xc3 0xa9) < 0xff 0xfe.
     let sorted = root.join("sorted");
     fs::create_dir(&sorted).unwrap();
-    for name in [&b"z"[..], b"a~", b"_", b"Z", b"0", "é".as_bytes(), b"\xff\xfe", b"A.b", b"a"] {
+    for name in [
+        &b"z"[..],
+        b"a~",
+        b"_",
+        b"Z",
+        b"0",
+        "é".as_bytes(),
+        b"\xff\xfe",
+        b"A.b",
+        b"a",
+    ] {
         fs::write(sorted.join(OsStr::from_bytes(name)), name).unwrap();
     }
     // Lengths around the 8-byte padding boundary.
@@ -45,13 +59,23 @@ fn make_tree(root: &Path) {
         fs::write(sorted.join(format!("len{n:02}")), vec![b'p'; n]).unwrap();
     }
     // 3 MiB + 5 bytes of varied content: streamed, never read whole.
-    let big: Vec<u8> = (0..(3 << 20) + 5).map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..(3 << 20) + 5)
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     fs::write(root.join("big.bin"), big).unwrap();
 }
 
 fn nix_dump(path: &Path) -> Vec<u8> {
-    let out = Command::new("nix-store").arg("--dump").arg(path).output().expect("run nix-store --dump (install nix: make deps)");
-    assert!(out.status.success(), "nix-store --dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("nix-store")
+        .arg("--dump")
+        .arg(path)
+        .output()
+        .expect("run nix-store --dump (install nix: make deps)");
+    assert!(
+        out.status.success(),
+        "nix-store --dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -77,7 +101,11 @@ fn single_file_and_symlink_roots_match() {
     fs::write(dir.join("x"), b"").unwrap();
     fs::set_permissions(dir.join("x"), fs::Permissions::from_mode(0o755)).unwrap();
     for name in ["f", "l", "x"] {
-        assert_eq!(ours(&dir.join(name)), nix_dump(&dir.join(name)), "root {name}");
+        assert_eq!(
+            ours(&dir.join(name)),
+            nix_dump(&dir.join(name)),
+            "root {name}"
+        );
     }
 }
 
@@ -85,11 +113,16 @@ fn single_file_and_symlink_roots_match() {
 fn store_paths_hash_as_nix_records() {
     // The NarHash narpush computes equals what the local Nix database recorded.
     let p = common::nix::add_file("golden-hash.txt", b"golden\n");
-    let recorded = ok(Command::new("nix-store").args(["-q", "--hash", &p])).trim().to_string();
+    let recorded = ok(Command::new("nix-store").args(["-q", "--hash", &p]))
+        .trim()
+        .to_string();
     let nar = ours(Path::new(&p));
     use sha2::Digest;
     let h: [u8; 32] = sha2::Sha256::digest(&nar).into();
-    assert_eq!(format!("sha256:{}", narpush::nixbase32::encode(&h)), recorded);
+    assert_eq!(
+        format!("sha256:{}", narpush::nixbase32::encode(&h)),
+        recorded
+    );
 }
 
 #[test]
@@ -98,9 +131,14 @@ fn committed_golden_matches() {
     // tests/fixtures/nar/make-tree.sh creates (see tests/fixtures/nar/README.md).
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/nar");
     let dir = temp_dir("golden-committed");
-    ok(Command::new("sh").arg(fixtures.join("make-tree.sh")).arg(dir.join("t")));
+    ok(Command::new("sh")
+        .arg(fixtures.join("make-tree.sh"))
+        .arg(dir.join("t")));
     let golden = fs::read(fixtures.join("tree.nar")).unwrap();
-    assert!(ours(&dir.join("t")) == golden, "NAR differs from the committed nix-store --dump output");
+    assert!(
+        ours(&dir.join("t")) == golden,
+        "NAR differs from the committed nix-store --dump output"
+    );
 }
 
 #[test]
@@ -108,6 +146,8 @@ fn unsupported_file_types_are_refused_with_the_path() {
     let dir = temp_dir("golden-fifo");
     let fifo = dir.join("pipe");
     ok(Command::new("mkfifo").arg(&fifo));
-    let e = narpush::dump::dump_path(&dir, Vec::new()).unwrap_err().to_string();
+    let e = narpush::dump::dump_path(&dir, Vec::new())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("pipe") && e.contains("FIFO"), "{e}");
 }

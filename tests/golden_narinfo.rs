@@ -14,7 +14,8 @@ fn narinfo_of(cache: &Path, path: &str) -> NarInfo {
     let hash = &path.rsplit('/').next().unwrap()[..32];
     let text = std::fs::read_to_string(cache.join(format!("{hash}.narinfo")))
         .unwrap_or_else(|e| panic!("no narinfo for {path} in {}: {e}", cache.display()));
-    NarInfo::parse(&text).unwrap_or_else(|e| panic!("narinfo for {path} does not parse: {e}\n{text}"))
+    NarInfo::parse(&text)
+        .unwrap_or_else(|e| panic!("narinfo for {path} does not parse: {e}\n{text}"))
 }
 
 fn compare(paths: &[String], dir: &Path, compression: &str) {
@@ -29,10 +30,16 @@ fn compare(paths: &[String], dir: &Path, compression: &str) {
         .arg(&sec)
         .args(paths);
     ok(&mut cmd);
-    ok(nix().args(["store", "sign", "--key-file"]).arg(&sec).args(paths));
+    ok(nix()
+        .args(["store", "sign", "--key-file"])
+        .arg(&sec)
+        .args(paths));
     ok(nix()
         .args(["copy", "--to"])
-        .arg(format!("file://{}?compression={compression}", theirs.display()))
+        .arg(format!(
+            "file://{}?compression={compression}",
+            theirs.display()
+        ))
         .args(paths));
     for p in paths {
         let (a, b) = (narinfo_of(&ours, p), narinfo_of(&theirs, p));

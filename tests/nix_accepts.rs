@@ -39,12 +39,25 @@ fn nix_substitutes_what_narpush_wrote_for_every_compression() {
         assert!(out.contains("4 pushed"), "{out}");
         let root = dir.join("root");
         let copied = copy_from(&format!("file://{}", cache.display()), &root, &[&top], &pk);
-        assert!(copied.status.success(), "{compression}: nix copy failed: {}", stderr(&copied));
+        assert!(
+            copied.status.success(),
+            "{compression}: nix copy failed: {}",
+            stderr(&copied)
+        );
         let rel = |p: &str| root.join(p.trim_start_matches('/'));
-        assert!(rel(&top).join("run").symlink_metadata().is_ok(), "{compression}: top not in the fresh store");
-        assert!(rel(&dep).is_file(), "{compression}: dependency not substituted");
+        assert!(
+            rel(&top).join("run").symlink_metadata().is_ok(),
+            "{compression}: top not in the fresh store"
+        );
+        assert!(
+            rel(&dep).is_file(),
+            "{compression}: dependency not substituted"
+        );
         // The client store verifies what it holds.
-        let verify = run(Command::new("nix-store").arg("--store").arg(&root).args(["--verify", "--check-contents"]));
+        let verify = run(Command::new("nix-store")
+            .arg("--store")
+            .arg(&root)
+            .args(["--verify", "--check-contents"]));
         assert!(verify.status.success(), "{}", stderr(&verify));
     }
 }
@@ -57,13 +70,28 @@ fn a_key_nix_does_not_trust_is_rejected() {
     let (top, _) = graph(&dir, "untrusted");
     let cache = dir.join("cache");
     push_file(&cache, &sec, "zstd", std::slice::from_ref(&top));
-    let copied = copy_from(&format!("file://{}", cache.display()), &dir.join("root"), &[&top], &other_pk);
-    assert!(!copied.status.success(), "nix accepted a path signed by an untrusted key");
-    assert!(stderr(&copied).contains("lacks a valid signature"), "{}", stderr(&copied));
+    let copied = copy_from(
+        &format!("file://{}", cache.display()),
+        &dir.join("root"),
+        &[&top],
+        &other_pk,
+    );
+    assert!(
+        !copied.status.success(),
+        "nix accepted a path signed by an untrusted key"
+    );
+    assert!(
+        stderr(&copied).contains("lacks a valid signature"),
+        "{}",
+        stderr(&copied)
+    );
 }
 
 fn narinfo_path(cache: &Path, store_path: &str) -> std::path::PathBuf {
-    cache.join(format!("{}.narinfo", &store_path.rsplit('/').next().unwrap()[..32]))
+    cache.join(format!(
+        "{}.narinfo",
+        &store_path.rsplit('/').next().unwrap()[..32]
+    ))
 }
 
 #[test]
@@ -78,10 +106,23 @@ fn a_narinfo_changed_by_one_byte_is_rejected() {
     let size_line = text.lines().find(|l| l.starts_with("NarSize: ")).unwrap();
     let size: u64 = size_line["NarSize: ".len()..].parse().unwrap();
     // One digit changes: the signature no longer covers it.
-    fs::write(&ni, text.replace(size_line, &format!("NarSize: {}", size + 1))).unwrap();
-    let copied = copy_from(&format!("file://{}", cache.display()), &dir.join("root"), &[&dep], &pk);
+    fs::write(
+        &ni,
+        text.replace(size_line, &format!("NarSize: {}", size + 1)),
+    )
+    .unwrap();
+    let copied = copy_from(
+        &format!("file://{}", cache.display()),
+        &dir.join("root"),
+        &[&dep],
+        &pk,
+    );
     assert!(!copied.status.success(), "nix accepted a tampered narinfo");
-    assert!(stderr(&copied).contains("lacks a valid signature"), "{}", stderr(&copied));
+    assert!(
+        stderr(&copied).contains("lacks a valid signature"),
+        "{}",
+        stderr(&copied)
+    );
 }
 
 #[test]
@@ -100,9 +141,18 @@ fn a_nar_changed_by_one_byte_is_rejected() {
     let pos = bytes.windows(8).position(|w| w == b"contents").unwrap() + 16;
     bytes[pos] ^= 0x01;
     fs::write(&nar, bytes).unwrap();
-    let copied = copy_from(&format!("file://{}", cache.display()), &dir.join("root"), &[&dep], &pk);
+    let copied = copy_from(
+        &format!("file://{}", cache.display()),
+        &dir.join("root"),
+        &[&dep],
+        &pk,
+    );
     assert!(!copied.status.success(), "nix accepted a tampered NAR");
-    assert!(stderr(&copied).contains("hash mismatch"), "{}", stderr(&copied));
+    assert!(
+        stderr(&copied).contains("hash mismatch"),
+        "{}",
+        stderr(&copied)
+    );
 }
 
 #[test]
@@ -110,7 +160,9 @@ fn a_corrupted_store_path_is_refused_and_nothing_is_written() {
     let dir = temp_dir("accept-corrupt");
     let (sec, _) = nix_keypair(&dir, "corrupt-1");
     let p = common::nix::add_file("narpush-corrupt.txt", nonce("corrupt").as_bytes());
-    let recorded = ok(Command::new("nix-store").args(["-q", "--hash", &p])).trim().to_string();
+    let recorded = ok(Command::new("nix-store").args(["-q", "--hash", &p]))
+        .trim()
+        .to_string();
     // Corrupt it behind Nix's back (root can), as a failing disk would.
     let mut perms = fs::metadata(&p).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o644);
@@ -118,14 +170,24 @@ fn a_corrupted_store_path_is_refused_and_nothing_is_written() {
     fs::write(&p, b"bit rot").unwrap();
     let cache = dir.join("cache");
     let mut cmd = narpush();
-    cmd.args(["push", "--to"]).arg(format!("file://{}", cache.display())).arg("--key-file").arg(&sec).arg(&p);
+    cmd.args(["push", "--to"])
+        .arg(format!("file://{}", cache.display()))
+        .arg("--key-file")
+        .arg(&sec)
+        .arg(&p);
     let out = run(&mut cmd);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains(&recorded), "error must name the recorded hash {recorded}: {err}");
+    assert!(
+        err.contains(&recorded),
+        "error must name the recorded hash {recorded}: {err}"
+    );
     assert!(err.contains("corrupted") && err.contains(&p), "{err}");
     let nars: Vec<_> = fs::read_dir(cache.join("nar")).unwrap().collect();
-    assert!(nars.is_empty(), "a NAR (or temporary file) was left behind: {nars:?}");
+    assert!(
+        nars.is_empty(),
+        "a NAR (or temporary file) was left behind: {nars:?}"
+    );
     assert!(!narinfo_path(&cache, &p).exists());
     // Leave the store consistent for other tests: remove the corrupted path.
     let _ = Command::new("nix-store").args(["--delete", &p]).output();
