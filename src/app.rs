@@ -329,36 +329,55 @@ fn run_retry(config: &Config, env: Env) -> Result<i32> {
         return Ok(0);
     }
     let nix = LocalNix::detect()?;
-    let mut roots = Vec::new();
-    let mut gone = Vec::new();
-    for p in &pending {
-        match StorePath::from_full_path(&nix.store_dir, p) {
-            Ok(sp) => roots.push(sp),
-            Err(e) => {
-                eprintln!("narpush: dropping pending entry {e}");
-                gone.push(p.clone());
+    // Each entry is a store path, or a derivation whose outputs a hook could not
+    // name (Nix 2.8.0's empty OUT_PATHS): its valid outputs stand for it.
+    let parsed: Vec<Option<StorePath>> = pending
+        .iter()
+        .map(|p| {
+            StorePath::from_full_path(&nix.store_dir, p)
+                .map_err(|e| eprintln!("narpush: dropping pending entry: {e}"))
+                .ok()
+        })
+        .collect();
+    let plain: Vec<StorePath> = parsed
+        .iter()
+        .flatten()
+        .filter(|sp| !sp.name().ends_with(".drv"))
+        .cloned()
+        .collect();
+    let valid: std::collections::HashSet<StorePath> =
+        nix.valid_paths(&plain)?.into_iter().collect();
+    let mut entries: Vec<(&String, Vec<StorePath>)> = Vec::new();
+    for (p, sp) in pending.iter().zip(parsed) {
+        let paths = match sp {
+            Some(sp) if sp.name().ends_with(".drv") => {
+                nix.valid_outputs_of(Path::new(p)).unwrap_or_default()
             }
+            Some(sp) => valid.get(&sp).cloned().into_iter().collect(),
+            None => Vec::new(),
+        };
+        if paths.is_empty() {
+            eprintln!("narpush: dropping {p}: nothing valid to push in the local store (garbage-collected?)");
         }
+        entries.push((p, paths));
     }
-    let valid = nix.valid_paths(&roots)?;
-    for r in &roots {
-        if !valid.contains(r) {
-            let full = r.to_full(&nix.store_dir);
-            eprintln!(
-                "narpush: dropping {full}: no longer valid in the local store (garbage-collected?)"
-            );
-            gone.push(full);
-        }
-    }
+    let mut roots: Vec<StorePath> = entries
+        .iter()
+        .flat_map(|(_, ps)| ps.iter().cloned())
+        .collect();
+    roots.sort();
+    roots.dedup();
     let target = open_target(config, env)?;
-    let report = push::push(&nix, &target.cache, &valid, &target.opts, &logger(config))?;
+    let report = push::push(&nix, &target.cache, &roots, &target.opts, &logger(config))?;
     summary(config, &report, &target.cache);
     let failed: Vec<&str> = report.failed().map(|(p, _)| p).collect();
-    let done: Vec<String> = pending
+    let done: Vec<String> = entries
         .iter()
-        .filter(|p| !failed.contains(&p.as_str()))
-        .cloned()
-        .chain(gone)
+        .filter(|(_, ps)| {
+            ps.iter()
+                .all(|sp| !failed.contains(&sp.to_full(&nix.store_dir).as_str()))
+        })
+        .map(|(p, _)| (*p).clone())
         .collect();
     list.remove(&done)?;
     Ok(if failed.is_empty() { 0 } else { 1 })
