@@ -9,7 +9,7 @@ use crate::config::{Command, Config, HookEnv};
 use crate::error::{Error, Result};
 use crate::pathinfo::{resolve_user_path, LocalNix};
 use crate::pending::PendingList;
-use crate::push::{self, Event, Outcome, PushOptions, Report};
+use crate::push::{self, human_bytes, Event, Outcome, PushOptions, Report};
 use crate::signing::SecretKey;
 use crate::store_path::StorePath;
 use crate::store_url::StoreUrl;
@@ -140,23 +140,9 @@ fn open_target(config: &Config, env: Env) -> Result<Target> {
         deps: config.deps,
         upstream_keys: config.upstream_keys.clone(),
         jobs: config.jobs,
+        progress: !config.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     Ok(Target { cache, opts })
-}
-
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// The per-path lines, as they happen.
@@ -171,8 +157,8 @@ fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
         } if !config.quiet => {
             println!(
                 "pushed {path}: {} → {} {} in {:.1} s",
-                human(*nar_size),
-                human(*file_size),
+                human_bytes(*nar_size),
+                human_bytes(*file_size),
                 compression.name(),
                 elapsed.as_secs_f64()
             );
@@ -208,8 +194,8 @@ fn summary(config: &Config, report: &Report, cache: &Cache) {
         });
     let mut line = format!(
         "narpush: {pushed} pushed ({} → {})",
-        human(nar),
-        human(file)
+        human_bytes(nar),
+        human_bytes(file)
     );
     line += &format!(", {present} already cached");
     if !report.upstream.is_empty() {

@@ -34,6 +34,63 @@ pub struct PushOptions {
     pub deps: Deps,
     pub upstream_keys: Vec<String>,
     pub jobs: usize,
+    /// Show a live progress line on stderr for large NARs (a terminal, not quiet).
+    pub progress: bool,
+}
+
+/// NARs at least this large get a live progress line in a terminal.
+const PROGRESS_MIN: u64 = 32 << 20;
+
+/// `12.3 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Counts NAR bytes on their way in and redraws one stderr line a few times a second.
+struct ProgressWriter<W> {
+    inner: W,
+    name: String,
+    total: u64,
+    done: u64,
+    last: Instant,
+}
+
+impl<W: std::io::Write> std::io::Write for ProgressWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.done += n as u64;
+        if self.last.elapsed() >= Duration::from_millis(250) {
+            self.last = Instant::now();
+            let pct = self.done.saturating_mul(100) / self.total.max(1);
+            eprint!(
+                "\r\x1b[Kpushing {}: {pct}% of {}",
+                self.name,
+                human_bytes(self.total)
+            );
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<W> Drop for ProgressWriter<W> {
+    fn drop(&mut self) {
+        eprint!("\r\x1b[K");
+    }
 }
 
 /// What happened to one path.
@@ -278,7 +335,18 @@ fn push_one(
         ))
     })?;
     let mut pipeline = HashingWriter::new(encoder);
-    let dumped = crate::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ());
+    let dumped = if opts.progress && info.nar_size >= PROGRESS_MIN {
+        let mut shown = ProgressWriter {
+            inner: &mut pipeline,
+            name: info.path.name().to_string(),
+            total: info.nar_size,
+            done: 0,
+            last: Instant::now(),
+        };
+        crate::dump::dump_path(Path::new(&full), &mut shown).map(|_| ())
+    } else {
+        crate::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ())
+    };
     let (encoder, nar_hash, nar_size) = pipeline.finish();
     let finished = encoder.finish();
     let (sink, file_hash, file_size) = match (dumped, finished) {
