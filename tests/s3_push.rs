@@ -1,0 +1,305 @@
+//! `narpush push` by hand to a real S3 server (s3s-fs), read back by real Nix: the
+//! bucket's directory is served over HTTP and a fresh chroot store substitutes from
+//! it with signatures required and only narpush's key trusted.
+
+mod common;
+
+use common::cache::{cached_paths, check_invariants, closure, in_root, narinfos, snapshot};
+use common::nix::{
+    build, graph_expr, narpush, nix, nix_keypair, nonce, ok, realise_from, stderr, stdout,
+    HttpServer,
+};
+use common::s3server::{temp_dir, S3Server};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Output;
+
+/// `narpush push --to URL --key-file KEY ARGS…` with credentials from the environment.
+fn push(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Output {
+    narpush()
+        .args(["push", "--to", to, "--key-file"])
+        .arg(key)
+        .args(args)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .output()
+        .expect("run narpush")
+}
+
+fn push_ok(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> String {
+    let out = push(s3, to, key, args);
+    assert!(
+        out.status.success(),
+        "narpush {args:?} failed ({}):\nstdout: {}\nstderr: {}\ns3s-fs log: {}",
+        out.status,
+        stdout(&out),
+        stderr(&out),
+        s3.log()
+    );
+    stdout(&out)
+}
+
+/// Substitute `paths` from the bucket over HTTP into a fresh store; panics on failure.
+fn substitute(dir: &Path, paths: &[&str], public_key: &str) -> std::path::PathBuf {
+    let http = HttpServer::serve(dir);
+    let root = common::nix::fresh_root("client");
+    let out = realise_from(&http.url(), &root, paths, public_key);
+    assert!(
+        out.status.success(),
+        "nix-store --realise {paths:?} from the bucket failed:\nstdout: {}\nstderr: {}",
+        stdout(&out),
+        stderr(&out)
+    );
+    for p in paths {
+        assert!(
+            in_root(&root, p).symlink_metadata().is_ok(),
+            "{p} missing from the client store after substitution"
+        );
+    }
+    root
+}
+
+fn set(paths: &[&str]) -> BTreeSet<String> {
+    paths.iter().map(|s| s.to_string()).collect()
+}
+
+/// A fresh graph; returns (top, app out, app doc, dep).
+fn fresh_graph(dir: &Path) -> (String, String, String, String) {
+    let expr = graph_expr(&nonce("graph"));
+    let top = build(dir, &expr, "top", &[], &[]).remove(0);
+    let out = build(dir, &expr, "app", &[], &[]).remove(0);
+    let doc = build(dir, &expr, "app.doc", &[], &[]).remove(0);
+    let dep = build(dir, &expr, "dep", &[], &[]).remove(0);
+    assert!(doc.ends_with("-narpush-app-doc"), "{doc}");
+    (top, out, doc, dep)
+}
+
+fn push_graph_and_substitute(compression: &str, ext: &str) {
+    let dir = temp_dir(&format!("push-{compression}"));
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, public) = nix_keypair(&dir, "narpush-test-1");
+    let (top, out, doc, dep) = fresh_graph(&dir);
+
+    let log = push_ok(
+        &s3,
+        &s3.url("cache"),
+        &sec,
+        &["--compression", compression, &top],
+    );
+    let bucket = s3.bucket_dir("cache");
+    assert_eq!(
+        std::fs::read_to_string(bucket.join("nix-cache-info")).unwrap(),
+        "StoreDir: /nix/store\n"
+    );
+    let expected = set(&[&top, &out, &doc, &dep]);
+    assert_eq!(closure(&[&top]), expected, "the graph's closure");
+    assert_eq!(cached_paths(&bucket), expected, "push log:\n{log}");
+    for (path, info) in narinfos(&bucket) {
+        assert_eq!(info.compression, compression, "{path}");
+        assert!(info.url.starts_with("nar/"), "{path}: {}", info.url);
+        assert!(
+            info.url.ends_with(&format!(".nar{ext}")),
+            "{path}: {}",
+            info.url
+        );
+        assert!(
+            info.sigs.iter().any(|s| s.starts_with("narpush-test-1:")),
+            "{path}: {:?}",
+            info.sigs
+        );
+    }
+    assert_eq!(check_invariants(&bucket), 4);
+
+    let root = substitute(&bucket, &[&top], &public);
+    for p in [&out, &doc, &dep] {
+        assert!(in_root(&root, p).exists(), "{p} not substituted with top");
+    }
+    let script = std::fs::read_to_string(in_root(&root, &out).join("bin/app")).unwrap();
+    assert!(script.contains(&dep), "{script}");
+}
+
+#[test]
+fn push_zstd_pulls_in_missing_deps_and_nix_substitutes() {
+    push_graph_and_substitute("zstd", ".zst");
+}
+
+#[test]
+fn push_xz_pulls_in_missing_deps_and_nix_substitutes() {
+    push_graph_and_substitute("xz", ".xz");
+}
+
+#[test]
+fn push_none_pulls_in_missing_deps_and_nix_substitutes() {
+    push_graph_and_substitute("none", "");
+}
+
+/// Incompressible bytes, from a small xorshift generator seeded per call.
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut x: u64 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+#[test]
+fn multipart_nar_round_trips_and_second_push_uploads_nothing() {
+    let dir = temp_dir("push-multipart");
+    let s3 = S3Server::start();
+    s3.create_bucket("big");
+    let (sec, public) = nix_keypair(&dir, "narpush-test-1");
+    let data = random_bytes(13 << 20);
+    let path = common::nix::add_file(&nonce("random"), &data);
+    let to = format!("{}&multipart-chunk-size=5242880", s3.url("big"));
+
+    push_ok(&s3, &to, &sec, &["--compression", "none", &path]);
+    let bucket = s3.bucket_dir("big");
+    let infos = narinfos(&bucket);
+    let info = &infos[&path];
+    assert!(info.nar_size > 12 << 20, "NarSize {}", info.nar_size);
+    assert_eq!(info.file_size, Some(info.nar_size), "none: file is the NAR");
+    // Larger than one part: streamed as a multipart upload under a per-upload name.
+    let nar_hash = narpush::nixbase32::encode(&info.nar_hash);
+    assert!(
+        info.url.starts_with(&format!("nar/{nar_hash}-")) && info.url.ends_with(".nar"),
+        "{}",
+        info.url
+    );
+    assert_eq!(check_invariants(&bucket), 1);
+    assert!(
+        s3.pending_uploads().is_empty(),
+        "{:?}",
+        s3.pending_uploads()
+    );
+
+    let root = substitute(&bucket, &[&path], &public);
+    let got = std::fs::read(in_root(&root, &path)).unwrap();
+    assert!(got == data, "substituted file differs from the original");
+
+    // Again: nothing new is uploaded.
+    let before = snapshot(&s3.root);
+    let log = push_ok(
+        &s3,
+        &to,
+        &sec,
+        &["--compression", "none", "--verbose", &path],
+    );
+    assert!(
+        log.contains(&format!("skipped {path}: already in the cache")),
+        "{log}"
+    );
+    assert!(!log.contains("pushed /nix/store"), "{log}");
+    assert_eq!(snapshot(&s3.root), before, "second push changed the bucket");
+}
+
+#[test]
+fn no_deps_pushes_exactly_the_given_path() {
+    let dir = temp_dir("push-nodeps");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let (top, _, _, _) = fresh_graph(&dir);
+    push_ok(&s3, &s3.url("cache"), &sec, &["--no-deps", &top]);
+    assert_eq!(cached_paths(&s3.bucket_dir("cache")), set(&[&top]));
+}
+
+#[test]
+fn upstream_signed_dependency_is_skipped_unless_closure() {
+    let dir = temp_dir("push-upstream");
+    let s3 = S3Server::start();
+    s3.create_bucket("default");
+    s3.create_bucket("closure");
+    let (sec, public) = nix_keypair(&dir, "narpush-test-1");
+    let (up_sec, _) = nix_keypair(&dir, "up-1");
+    let (top, out, doc, dep) = fresh_graph(&dir);
+    ok(nix()
+        .args(["store", "sign", "--key-file"])
+        .arg(&up_sec)
+        .arg(&dep));
+
+    let log = push_ok(
+        &s3,
+        &s3.url("default"),
+        &sec,
+        &["--upstream-key", "up-1", "--verbose", &top],
+    );
+    assert!(
+        log.contains(&format!("skipped {dep}: signed by an upstream cache")),
+        "{log}"
+    );
+    let bucket = s3.bucket_dir("default");
+    assert_eq!(cached_paths(&bucket), set(&[&top, &out, &doc]), "{log}");
+
+    push_ok(
+        &s3,
+        &s3.url("closure"),
+        &sec,
+        &["--upstream-key", "up-1", "--closure", &top],
+    );
+    let bucket = s3.bucket_dir("closure");
+    assert_eq!(cached_paths(&bucket), set(&[&top, &out, &doc, &dep]));
+    let infos = narinfos(&bucket);
+    let sigs: Vec<&str> = infos[&dep]
+        .sigs
+        .iter()
+        .map(|s| s.split(':').next().unwrap())
+        .collect();
+    assert_eq!(sigs, ["narpush-test-1", "up-1"], "both signatures kept");
+    assert_eq!(check_invariants(&bucket), 4);
+    substitute(&bucket, &[&top], &public);
+}
+
+#[test]
+fn narinfo_order_invariant_holds_for_a_deep_closure() {
+    // Several graphs pushed at once with many jobs: every narinfo's references and
+    // NAR object are in place.
+    let dir = temp_dir("push-invariant");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, public) = nix_keypair(&dir, "narpush-test-1");
+    let tops: Vec<String> = (0..3)
+        .map(|i| {
+            let d = dir.join(i.to_string());
+            std::fs::create_dir_all(&d).unwrap();
+            fresh_graph(&d).0
+        })
+        .collect();
+    let mut args: Vec<&str> = vec!["--jobs", "8"];
+    args.extend(tops.iter().map(String::as_str));
+    push_ok(&s3, &s3.url("cache"), &sec, &args);
+    let bucket = s3.bucket_dir("cache");
+    let roots: Vec<&str> = tops.iter().map(String::as_str).collect();
+    assert_eq!(cached_paths(&bucket), closure(&roots));
+    assert_eq!(check_invariants(&bucket), 12);
+    substitute(&bucket, &roots, &public);
+}
+
+#[test]
+fn wrong_credentials_fail_loudly() {
+    let dir = temp_dir("push-badcreds");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let path = common::nix::add_file(&nonce("creds"), b"x");
+    let out = narpush()
+        .args(["push", "--to", &s3.url("cache"), "--key-file"])
+        .arg(&sec)
+        .arg(&path)
+        .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("HTTP 403"), "{}", stderr(&out));
+    assert!(cached_paths(&s3.bucket_dir("cache")).is_empty());
+}
