@@ -281,21 +281,20 @@ fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     for j in &junk {
         eprintln!("narpush: ignored {j}");
     }
-    let failed: Vec<String>;
-    match open_target(config, env)
+    let failed: Vec<String> = match open_target(config, env)
         .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, &logger(config)).map(|r| (t, r)))
     {
         Ok((target, report)) => {
             summary(config, &report, &target.cache);
-            failed = report.failed().map(|(p, _)| p.to_string()).collect();
+            report.failed().map(|(p, _)| p.to_string()).collect()
         }
         Err(e) => {
             for r in &roots {
                 eprintln!("narpush: failed {}: {e}", r.to_full(&nix.store_dir));
             }
-            failed = roots.iter().map(|r| r.to_full(&nix.store_dir)).collect();
+            roots.iter().map(|r| r.to_full(&nix.store_dir)).collect()
         }
-    }
+    };
     if failed.is_empty() {
         return Ok(0);
     }
