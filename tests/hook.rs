@@ -183,7 +183,9 @@ fn nix_build_hook_with_server_down_records_pending_then_retry_pushes() {
 fn hook_run_directly_pushes_valid_paths_and_reports_junk() {
     let s = setup("hook-junk", "");
     let path = common::nix::add_file(&nonce("junk"), b"a valid path\n");
-    let junk = "/nix/store/not-a-store-path relative/thing";
+    // Not store paths at all, and a well-formed store path that is not valid here.
+    let missing = "/nix/store/00000000000000000000000000000000-not-built";
+    let junk = format!("/nix/store/not-a-store-path relative/thing {missing}");
     let out = narpush()
         .env("NARPUSH_CONFIG", &s.config)
         .env("OUT_PATHS", format!("{junk} {path}"))
@@ -199,6 +201,7 @@ fn hook_run_directly_pushes_valid_paths_and_reports_junk() {
     let err = stderr(&out);
     assert!(err.contains("not-a-store-path"), "{err}");
     assert!(err.contains("relative/thing"), "{err}");
+    assert!(err.contains(missing), "{err}");
     let bucket = s.s3.bucket_dir("cache");
     assert_eq!(cached_paths(&bucket), BTreeSet::from([path.clone()]));
     assert!(pending(&s.state).is_empty(), "{:?}", pending(&s.state));
