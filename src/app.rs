@@ -343,8 +343,21 @@ fn run_retry(config: &Config, env: Env) -> Result<i32> {
     let nix = LocalNix::detect()?;
     let mut roots = Vec::new();
     let mut gone = Vec::new();
+    // A hook that failed before it knew the outputs (Nix 2.8 sets no OUT_PATHS)
+    // recorded the derivation: push its outputs, and keep it until they are up.
+    let mut drv_outputs: Vec<(&str, Vec<String>)> = Vec::new();
     for p in &pending {
         match StorePath::from_full_path(&nix.store_dir, p) {
+            Ok(_) if p.ends_with(".drv") => match nix.valid_outputs_of(Path::new(p)) {
+                Ok(outs) => {
+                    drv_outputs.push((p, outs.iter().map(|o| o.to_full(&nix.store_dir)).collect()));
+                    roots.extend(outs);
+                }
+                Err(e) => {
+                    eprintln!("narpush: dropping pending entry {p}: {e}");
+                    gone.push(p.clone());
+                }
+            },
             Ok(sp) => roots.push(sp),
             Err(e) => {
                 eprintln!("narpush: dropping pending entry {e}");
@@ -352,6 +365,8 @@ fn run_retry(config: &Config, env: Env) -> Result<i32> {
             }
         }
     }
+    roots.sort();
+    roots.dedup();
     let valid = nix.valid_paths(&roots)?;
     for r in &roots {
         if !valid.contains(r) {
@@ -366,9 +381,15 @@ fn run_retry(config: &Config, env: Env) -> Result<i32> {
     let report = push::push(&nix, &target.cache, &valid, &target.opts, &logger(config))?;
     summary(config, &report, &target.cache);
     let failed: Vec<&str> = report.failed().map(|(p, _)| p).collect();
+    let is_failed = |p: &str| {
+        failed.contains(&p)
+            || drv_outputs
+                .iter()
+                .any(|(d, outs)| *d == p && outs.iter().any(|o| failed.contains(&o.as_str())))
+    };
     let done: Vec<String> = pending
         .iter()
-        .filter(|p| !failed.contains(&p.as_str()))
+        .filter(|p| !is_failed(p))
         .cloned()
         .chain(gone)
         .collect();

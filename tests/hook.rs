@@ -331,3 +331,47 @@ fn hook_wrapper_without_narpush_does_not_fail_the_build() {
         assert!(stderr(&out).contains("narpush-hook: "), "{}", stderr(&out));
     }
 }
+
+#[test]
+fn hook_that_fails_before_pushing_records_the_derivation_and_retry_pushes_its_outputs() {
+    let s = setup("hook-early-failure", "");
+    // Built without the hook; then a hook run as Nix 2.8 makes it (empty OUT_PATHS)
+    // with a config file it cannot read.
+    let expr = graph_expr(&nonce("early"));
+    let top = common::nix::build(&s.dir, &expr, "top", &[], &[]).remove(0);
+    let drv = common::nix::ok(
+        Command::new("nix-instantiate")
+            .arg(s.dir.join("default.nix"))
+            .args(["-A", "top"]),
+    )
+    .trim()
+    .to_string();
+    let bad = s.dir.join("bad.toml");
+    std::fs::write(&bad, "to = \n").unwrap();
+    let out = narpush()
+        .env("NARPUSH_CONFIG", &bad)
+        .env("NARPUSH_STATE_DIR", &s.state)
+        .env("OUT_PATHS", "")
+        .env("DRV_PATH", &drv)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(pending(&s.state), BTreeSet::from([drv.clone()]));
+
+    let retry = narpush()
+        .arg("retry")
+        .env("NARPUSH_CONFIG", &s.config)
+        .output()
+        .unwrap();
+    assert!(
+        retry.status.success(),
+        "narpush retry: {}\n{}",
+        stdout(&retry),
+        stderr(&retry)
+    );
+    assert!(pending(&s.state).is_empty(), "{:?}", pending(&s.state));
+    let bucket = s.s3.bucket_dir("cache");
+    assert_eq!(cached_paths(&bucket), closure(&[&top]));
+    assert_eq!(check_invariants(&bucket), 4);
+    substitute(&bucket, &top, &s.public);
+}
