@@ -12,7 +12,7 @@ use common::nix::{
 use common::s3server::{temp_dir, S3Server};
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Output;
+use std::process::{Command, Output};
 
 /// `narpush push --to URL --key-file KEY ARGS…` with credentials from the environment.
 fn push(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Output {
@@ -302,4 +302,118 @@ fn wrong_credentials_fail_loudly() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("HTTP 403"), "{}", stderr(&out));
     assert!(cached_paths(&s3.bucket_dir("cache")).is_empty());
+}
+
+#[test]
+fn tricky_tree_and_self_reference_round_trip() {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let dir = temp_dir("push-tricky");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, public) = nix_keypair(&dir, "narpush-test-1");
+    // Names whose byte order differs from other orders, a non-UTF-8 name, empty
+    // file and directory, executables, dangling and relative symlinks.
+    let tree = dir.join(nonce("tree"));
+    std::fs::create_dir_all(tree.join("a/b/c")).unwrap();
+    std::fs::create_dir_all(tree.join("empty-dir")).unwrap();
+    for name in ["a.b", "a-b", "B", "a0", "Z z", "é"] {
+        std::fs::write(tree.join(name), name).unwrap();
+    }
+    std::fs::write(
+        tree.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name")),
+        b"x",
+    )
+    .unwrap();
+    std::fs::write(tree.join("empty"), b"").unwrap();
+    std::fs::write(tree.join("a/b/c/run"), b"#!/bin/sh\n").unwrap();
+    std::fs::set_permissions(
+        tree.join("a/b/c/run"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    symlink("a/b/c/run", tree.join("link")).unwrap();
+    symlink("/nonexistent/target", tree.join("dangling")).unwrap();
+    let added = ok(Command::new("nix-store").arg("--add").arg(&tree))
+        .trim()
+        .to_string();
+
+    // A derivation output that refers to itself.
+    let expr = format!(
+        r#"derivation {{ name = "narpush-self"; system = builtins.currentSystem; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" "mkdir $out; echo $out > $out/me; ln -s $out/me $out/again" ]; tag = "{}"; }}"#,
+        nonce("self")
+    );
+    let me = build(&dir, &expr, "", &[], &[]).remove(0);
+    assert!(closure(&[&me]).len() == 1);
+
+    push_ok(&s3, &s3.url("cache"), &sec, &[&added, &me]);
+    let bucket = s3.bucket_dir("cache");
+    let infos = narinfos(&bucket);
+    let base = me.rsplit('/').next().unwrap();
+    assert_eq!(infos[&me].references, [base], "self reference kept");
+    assert_eq!(check_invariants(&bucket), 2);
+    let root = substitute(&bucket, &[&added, &me], &public);
+    let got = in_root(&root, &added);
+    assert_eq!(
+        std::fs::read(got.join(std::ffi::OsStr::from_bytes(b"bad-\xff-name"))).unwrap(),
+        b"x"
+    );
+    assert_eq!(
+        std::fs::read_link(got.join("dangling")).unwrap(),
+        Path::new("/nonexistent/target")
+    );
+}
+
+#[test]
+fn zstd_multipart_with_parallel_compression_round_trips() {
+    // At least 16 MiB: zstd compresses with every core; incompressible, so the
+    // compressed NAR spans several 5 MiB parts.
+    let dir = temp_dir("push-zstd-big");
+    let s3 = S3Server::start();
+    s3.create_bucket("big");
+    let (sec, public) = nix_keypair(&dir, "narpush-test-1");
+    let data = random_bytes(17 << 20);
+    let path = common::nix::add_file(&nonce("random-zstd"), &data);
+    let to = format!("{}&multipart-chunk-size=5242880", s3.url("big"));
+    push_ok(&s3, &to, &sec, &[&path]);
+    let bucket = s3.bucket_dir("big");
+    let info = &narinfos(&bucket)[&path];
+    assert!(info.url.ends_with(".nar.zst"), "{}", info.url);
+    assert!(info.file_size.unwrap() > 10 << 20);
+    assert_eq!(check_invariants(&bucket), 1);
+    assert!(
+        s3.pending_uploads().is_empty(),
+        "{:?}",
+        s3.pending_uploads()
+    );
+    let root = substitute(&bucket, &[&path], &public);
+    assert!(std::fs::read(in_root(&root, &path)).unwrap() == data);
+}
+
+#[test]
+fn credentials_file_in_env_format() {
+    let dir = temp_dir("push-credfile");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let creds = dir.join("creds.env");
+    std::fs::write(
+        &creds,
+        format!(
+            "# for narpush\nAWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY=\"{}\"\n",
+            s3.access_key, s3.secret_key
+        ),
+    )
+    .unwrap();
+    let path = common::nix::add_file(&nonce("credfile"), b"credentials from a file\n");
+    let out = narpush()
+        .args(["push", "--to", &s3.url("cache"), "--key-file"])
+        .arg(&sec)
+        .arg("--credentials-file")
+        .arg(&creds)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(cached_paths(&s3.bucket_dir("cache")), set(&[&path]));
 }
