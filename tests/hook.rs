@@ -161,6 +161,15 @@ fn nix_build_hook_with_server_down_records_pending_then_retry_pushes() {
     let bucket = s.s3.bucket_dir("cache");
     assert!(cached_paths(&bucket).is_empty());
 
+    // A retry while the server is still down fails and keeps the list.
+    let early = narpush()
+        .arg("retry")
+        .env("NARPUSH_CONFIG", &s.config)
+        .output()
+        .unwrap();
+    assert_eq!(early.status.code(), Some(1), "{}", stderr(&early));
+    assert_eq!(pending(&s.state), built);
+
     s.s3.restart();
     let retry = narpush()
         .arg("retry")
