@@ -97,3 +97,100 @@ fn eight_concurrent_pushes_of_overlapping_closures() {
         assert!(in_root(&root, p).symlink_metadata().is_ok(), "{p}");
     }
 }
+
+#[test]
+fn concurrent_multipart_pushes_of_the_same_big_path() {
+    let dir = temp_dir("concurrent-big");
+    let s3 = S3Server::start();
+    s3.create_bucket("big");
+    let (sec, public) = nix_keypair(&dir, "narpush-conc-1");
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64;
+    let data: Vec<u8> = (0..(11 << 20) / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    let path = common::nix::add_file(&nonce("conc-big"), &data);
+    let to = format!("{}&multipart-chunk-size=5242880", s3.url("big"));
+    let children: Vec<_> = (0..4)
+        .map(|i| {
+            narpush()
+                .args(["push", "--to", &to, "--key-file"])
+                .arg(&sec)
+                .args(["--compression", if i % 2 == 0 { "none" } else { "zstd" }])
+                .arg(&path)
+                .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    }
+    let bucket = s3.bucket_dir("big");
+    assert_eq!(cached_paths(&bucket), [path.clone()].into());
+    assert_eq!(check_invariants(&bucket), 1);
+    assert!(
+        s3.pending_uploads().is_empty(),
+        "{:?}",
+        s3.pending_uploads()
+    );
+    let http = HttpServer::serve(&bucket);
+    let root = common::nix::fresh_root("concurrent-big-client");
+    let out = realise_from(&http.url(), &root, &[&path], &public);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(std::fs::read(in_root(&root, &path)).unwrap() == data);
+}
+
+#[test]
+fn concurrent_hooks_with_the_server_down_all_reach_the_pending_list() {
+    let dir = temp_dir("concurrent-pending");
+    let mut s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let state = dir.join("state");
+    let config = dir.join("narpush.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "to = \"{}\"\nstate-dir = \"{}\"\n",
+            s3.url("cache"),
+            state.display()
+        ),
+    )
+    .unwrap();
+    s3.stop();
+    let paths: Vec<String> = (0..8)
+        .map(|i| common::nix::add_file(&nonce(&format!("pending{i}")), format!("{i}\n").as_bytes()))
+        .collect();
+    let children: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            narpush()
+                .env("NARPUSH_CONFIG", &config)
+                .env("OUT_PATHS", p)
+                .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+                .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    }
+    let list: std::collections::BTreeSet<String> = std::fs::read_to_string(state.join("pending"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(list, paths.iter().cloned().collect());
+}
