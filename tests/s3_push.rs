@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::cache::{cached_paths, check_invariants, closure, in_root, narinfos, snapshot};
+use common::cache::{
+    cached_paths, check_invariants, check_upload_order, closure, in_root, narinfos, snapshot,
+};
 use common::nix::{
     build, graph_expr, narpush, nix, nix_keypair, nonce, ok, realise_from, stderr, stdout,
     HttpServer,
@@ -110,6 +112,7 @@ fn push_graph_and_substitute(compression: &str, ext: &str) {
         );
     }
     assert_eq!(check_invariants(&bucket), 4);
+    check_upload_order(&bucket);
 
     let root = substitute(&bucket, &[&top], &public);
     for p in [&out, &doc, &dep] {
@@ -281,6 +284,7 @@ fn narinfo_order_invariant_holds_for_a_deep_closure() {
     let roots: Vec<&str> = tops.iter().map(String::as_str).collect();
     assert_eq!(cached_paths(&bucket), closure(&roots));
     assert_eq!(check_invariants(&bucket), 12);
+    check_upload_order(&bucket);
     substitute(&bucket, &roots, &public);
 }
 

@@ -111,3 +111,32 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
 pub fn in_root(root: &Path, store_path: &str) -> std::path::PathBuf {
     root.join(store_path.trim_start_matches('/'))
 }
+
+/// For a cache written by one process: every narinfo was written after its NAR
+/// object and after the narinfos of its references (file modification times, which
+/// s3s-fs sets when it stores an object), so no reader ever saw a narinfo whose
+/// closure was incomplete.
+pub fn check_upload_order(dir: &Path) {
+    let mtime = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|e| panic!("mtime of {}: {e}", p.display()))
+    };
+    let narinfo_file =
+        |base: &str| dir.join(format!("{}.narinfo", base.split('-').next().unwrap()));
+    for (path, info) in narinfos(dir) {
+        let base = path.rsplit('/').next().unwrap();
+        let me = mtime(&narinfo_file(base));
+        assert!(
+            mtime(&dir.join(&info.url)) <= me,
+            "{path}: narinfo written before its NAR {}",
+            info.url
+        );
+        for r in info.references.iter().filter(|r| *r != base) {
+            assert!(
+                mtime(&narinfo_file(r)) <= me,
+                "{path}: narinfo written before that of its reference {r}"
+            );
+        }
+    }
+}
