@@ -421,3 +421,36 @@ fn credentials_file_in_env_format() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(cached_paths(&s3.bucket_dir("cache")), set(&[&path]));
 }
+
+#[test]
+fn corrupted_store_path_is_refused_and_nothing_uploaded() {
+    let dir = temp_dir("push-corrupt");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let path = common::nix::add_file(&nonce("corrupt"), b"the original contents\n");
+    // Change the file behind Nix's back (same length, so only the hash differs).
+    let f = Path::new(&path);
+    let mut perms = std::fs::metadata(f).unwrap().permissions();
+    use std::os::unix::fs::PermissionsExt;
+    perms.set_mode(0o644);
+    std::fs::set_permissions(f, perms.clone()).unwrap();
+    std::fs::write(f, b"the ORIGINAL contents\n").unwrap();
+    perms.set_mode(0o444);
+    std::fs::set_permissions(f, perms).unwrap();
+
+    let out = push(
+        &s3,
+        &s3.url("cache"),
+        &sec,
+        &["--compression", "none", &path],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is corrupted"), "{}", stderr(&out));
+    let bucket = s3.bucket_dir("cache");
+    assert!(cached_paths(&bucket).is_empty());
+    let nars: Vec<_> = std::fs::read_dir(bucket.join("nar"))
+        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(nars.is_empty(), "NAR objects left behind: {nars:?}");
+}
