@@ -384,3 +384,40 @@ fn hook_that_fails_before_pushing_records_the_derivation_and_retry_pushes_its_ou
     assert_eq!(check_invariants(&bucket), 4);
     substitute(&bucket, &top, &s.public);
 }
+
+#[test]
+fn retry_drops_garbage_collected_paths_and_pushes_the_rest() {
+    let mut s = setup("hook-gc", "");
+    s.s3.stop();
+    let keep = common::nix::add_file(&nonce("keep"), b"kept\n");
+    let gone = common::nix::add_file(&nonce("gone"), b"collected\n");
+    let out = narpush()
+        .env("NARPUSH_CONFIG", &s.config)
+        .env("OUT_PATHS", format!("{keep} {gone}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        pending(&s.state),
+        BTreeSet::from([keep.clone(), gone.clone()])
+    );
+    common::nix::ok(Command::new("nix-store").args(["--delete", &gone]));
+
+    s.s3.restart();
+    let retry = narpush()
+        .arg("retry")
+        .env("NARPUSH_CONFIG", &s.config)
+        .output()
+        .unwrap();
+    assert!(retry.status.success(), "{}", stderr(&retry));
+    assert!(
+        stderr(&retry).contains(&format!("dropping {gone}")),
+        "{}",
+        stderr(&retry)
+    );
+    assert!(pending(&s.state).is_empty(), "{:?}", pending(&s.state));
+    assert_eq!(
+        cached_paths(&s.s3.bucket_dir("cache")),
+        BTreeSet::from([keep])
+    );
+}
