@@ -113,6 +113,12 @@ fn push_graph_and_substitute(compression: &str, ext: &str) {
     }
     assert_eq!(check_invariants(&bucket), 4);
     check_upload_order(&bucket);
+    let nars: BTreeSet<String> = narinfos(&bucket).values().map(|i| i.url.clone()).collect();
+    let objects: BTreeSet<String> = snapshot(&bucket.join("nar"))
+        .into_keys()
+        .map(|k| format!("nar/{k}"))
+        .collect();
+    assert_eq!(objects, nars, "exactly one NAR object per narinfo");
 
     let root = substitute(&bucket, &[&top], &public);
     for p in [&out, &doc, &dep] {
