@@ -460,3 +460,59 @@ fn corrupted_store_path_is_refused_and_nothing_uploaded() {
         .unwrap_or_default();
     assert!(nars.is_empty(), "NAR objects left behind: {nars:?}");
 }
+
+#[test]
+fn a_reference_whose_presence_cannot_be_checked_blocks_its_referrers() {
+    // The server cannot answer HEAD for dep's narinfo (s3s-fs fails on corrupt
+    // metadata files beside the object): dep fails, and nothing that refers to it
+    // may be pushed, or the cache would hold narinfos whose closure is incomplete.
+    let dir = temp_dir("push-head-fails");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let (top, out, doc, dep) = fresh_graph(&dir);
+    let bucket = s3.bucket_dir("cache");
+    let key = format!("{}.narinfo", &dep.rsplit('/').next().unwrap()[..32]);
+    let b64 = |s: &str| {
+        narpush::encoding::base64_encode(s.as_bytes())
+            .trim_end_matches('=')
+            .replace('+', "-")
+            .replace('/', "_")
+    };
+    std::fs::write(bucket.join(&key), b"not a narinfo\n").unwrap();
+    for kind in ["metadata", "internal"] {
+        std::fs::write(
+            s3.root.join(format!(
+                ".bucket-{}.object-{}.{kind}.json",
+                b64("cache"),
+                b64(&key)
+            )),
+            b"{ corrupt",
+        )
+        .unwrap();
+    }
+
+    let run = push(&s3, &s3.url("cache"), &sec, &[&top]);
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "{}\n{}",
+        stdout(&run),
+        stderr(&run)
+    );
+    assert!(
+        stderr(&run).contains(&format!("failed {dep}")),
+        "{}",
+        stderr(&run)
+    );
+    std::fs::remove_file(bucket.join(&key)).unwrap();
+    let cached = cached_paths(&bucket);
+    assert!(cached.contains(&doc), "{cached:?}");
+    for p in [&top, &out] {
+        assert!(
+            !cached.contains(p),
+            "{p} was pushed although its reference {dep} could not be checked:\n{}",
+            stderr(&run)
+        );
+    }
+}
