@@ -5,6 +5,8 @@
 PREFIX ?= /usr/local
 CARGO ?= cargo
 export NARPUSH_S3S_FS ?= $(CURDIR)/.tools/bin/s3s-fs
+# Where cargo puts its output (CARGO_TARGET_DIR when set, as cargo does).
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: all build release deps demo test lint unit check-nix cross test-cross bench install uninstall clean
 
@@ -41,7 +43,7 @@ bench: deps build
 	bash scripts/bench.sh
 
 install: build
-	install -D -m 0755 target/release/narpush $(DESTDIR)$(PREFIX)/bin/narpush
+	install -D -m 0755 $(TARGET_DIR)/release/narpush $(DESTDIR)$(PREFIX)/bin/narpush
 	install -D -m 0755 hooks/narpush-hook $(DESTDIR)$(PREFIX)/libexec/narpush/narpush-hook
 
 uninstall:

@@ -242,7 +242,8 @@ fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
 }
 
 /// What Nix says was built; `OUT_PATHS` may be empty (Nix 2.8.0), then the
-/// derivation's valid outputs.
+/// derivation's valid outputs. Entries that are not valid store paths are returned
+/// as lines to report.
 fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<String>)> {
     let mut roots = Vec::new();
     let mut junk = Vec::new();
@@ -257,7 +258,18 @@ fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<Str
             roots = nix.valid_outputs_of(Path::new(drv))?;
         }
     }
-    Ok((roots, junk))
+    // A well-formed entry that is not in the store must not keep the others from
+    // being pushed (one query for all would fail as a whole).
+    let valid = nix.valid_paths(&roots)?;
+    for r in &roots {
+        if !valid.contains(r) {
+            junk.push(format!(
+                "OUT_PATHS entry {}: not valid in the local Nix store",
+                r.to_full(&nix.store_dir)
+            ));
+        }
+    }
+    Ok((valid, junk))
 }
 
 /// As Nix's post-build hook: never fail the build for a cache problem.

@@ -6,7 +6,8 @@
 //! 3. ask the cache which narinfos it already has (HEAD requests, in parallel);
 //! 4. check `nix-cache-info` (write it when missing, refuse a different StoreDir);
 //! 5. push in parallel, each path only after every reference being pushed in this run
-//!    has its narinfo up: serialise the NAR once, hashing it (NarHash) while it is
+//!    has its narinfo up (and never when a reference's presence could not be
+//!    checked in step 3): serialise the NAR once, hashing it (NarHash) while it is
 //!    compressed and hashed again (FileHash) on its way to the cache; refuse the path
 //!    when its NarHash differs from the one Nix recorded; then the signed narinfo.
 
@@ -187,6 +188,8 @@ pub fn push(
     });
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     let mut todo: Vec<&PathInfo> = Vec::new();
+    // Paths whose presence could not be checked: nothing referring to them may go up.
+    let mut unknown: BTreeSet<&StorePath> = BTreeSet::new();
     for (info, p) in candidates.iter().zip(present) {
         let full = info.path.to_full(sd);
         match p {
@@ -200,6 +203,7 @@ pub fn push(
                     path: &full,
                     error: &e,
                 });
+                unknown.insert(&info.path);
                 outcomes.push((full, Outcome::Failed(e)));
             }
         }
@@ -229,6 +233,18 @@ pub fn push(
         opts.jobs,
         |info| {
             let full = info.path.to_full(sd);
+            // Its dependents wait for it and fail in turn.
+            if let Some(r) = info.references.iter().find(|r| unknown.contains(r)) {
+                let e = Error::Other(format!(
+                    "not pushed: whether its reference {} is in the cache could not be checked",
+                    r.to_full(sd)
+                ));
+                log(&Event::Failed {
+                    path: &full,
+                    error: &e,
+                });
+                return Outcome::Failed(e);
+            }
             let t = Instant::now();
             match push_one(nix, cache, info, opts) {
                 Ok((nar_size, file_size)) => {

@@ -1,2 +1,3 @@
+pub mod cache;
 pub mod nix;
 pub mod s3server;

@@ -99,10 +99,12 @@ pub fn graph_expr(tag: &str) -> String {
     format!(
         r#"let
   sh = "/bin/sh";
-  mk = name: script: derivation {{ inherit name; system = builtins.currentSystem; builder = sh; args = [ "-c" script ]; tag = "{tag}"; PATH = "/usr/bin:/bin"; }};
+  # Nix sets PATH to /path-not-set in a builder; mkdir, ln and chmod come from the host.
+  path = "/usr/bin:/bin";
+  mk = name: script: derivation {{ inherit name; system = builtins.currentSystem; builder = sh; args = [ "-c" script ]; tag = "{tag}"; PATH = path; }};
   dep = mk "narpush-dep" "echo dependency-{tag} > $out";
   app = derivation {{
-    name = "narpush-app"; system = builtins.currentSystem; builder = sh; tag = "{tag}"; PATH = "/usr/bin:/bin";
+    name = "narpush-app"; system = builtins.currentSystem; builder = sh; tag = "{tag}"; PATH = path;
     outputs = [ "out" "doc" ];
     args = [ "-c" "mkdir -p $out/bin $doc; echo 'the docs' > $doc/README; printf '#!/bin/sh\necho hi from %s\n' ${{dep}} > $out/bin/app; chmod +x $out/bin/app; ln -s $doc/README $out/README" ];
   }};
