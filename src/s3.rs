@@ -89,9 +89,12 @@ impl S3Config {
             region: url.region.clone(),
             path_style: url.path_style(),
             credentials: creds,
-            retry: RetryPolicy::default(),
-            connect_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(30),
+            retry: RetryPolicy {
+                max_attempts: url.retry_attempts,
+                ..RetryPolicy::default()
+            },
+            connect_timeout: Duration::from_secs(url.connect_timeout),
+            io_timeout: Duration::from_secs(url.io_timeout),
             storage_class: url.storage_class.clone(),
             trust_file: None,
         }
