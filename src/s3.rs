@@ -354,6 +354,12 @@ impl Client {
             .timeout_connect(cfg.connect_timeout)
             .timeout_read(cfg.io_timeout)
             .timeout_write(cfg.io_timeout)
+            // No connection reuse: ureq 2 clears a pooled socket's read and write
+            // timeouts and sets only the read one back, once the response body is
+            // read, so a request on a reused connection could wait forever on a
+            // server that stalls (tests/faults.rs). A fresh connection gets both.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .redirects(0)
             .user_agent(concat!("narpush/", env!("CARGO_PKG_VERSION")));
         if cfg.endpoint.scheme == crate::store_url::Scheme::Https {
