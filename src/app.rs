@@ -275,11 +275,33 @@ fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<Str
 }
 
 /// As Nix's post-build hook: never fail the build for a cache problem.
+///
+/// The outputs are written to the pending list *before* anything is pushed and
+/// taken off once they are in the cache, so a hook that is killed (SIGKILL, OOM, a
+/// reboot) leaves them for `narpush retry` instead of losing them. That first write
+/// is best effort: when the state directory cannot be written, a warning says so,
+/// and only a push that then fails makes the hook exit non-zero.
 fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     let nix = LocalNix::detect()?;
     let (roots, junk) = hook_roots(&nix, hook)?;
     for j in &junk {
         eprintln!("narpush: ignored {j}");
+    }
+    // Paths the local store does not have can never be pushed (and `retry` would
+    // drop them): one line each, not recorded.
+    let valid = nix.valid_paths(&roots)?;
+    let is_valid: std::collections::HashSet<&StorePath> = valid.iter().collect();
+    for r in roots.iter().filter(|r| !is_valid.contains(r)) {
+        eprintln!(
+            "narpush: ignored OUT_PATHS entry {}: not valid in the local Nix store",
+            r.to_full(&nix.store_dir)
+        );
+    }
+    let roots = valid;
+    let all: Vec<String> = roots.iter().map(|r| r.to_full(&nix.store_dir)).collect();
+    let ahead = PendingList::open(&config.state_dir).and_then(|l| l.append(&all).map(|()| l));
+    if let Err(e) = &ahead {
+        eprintln!("narpush: warning: {e}; paths that fail to push cannot be recorded for later");
     }
     let failed: Vec<String>;
     match open_target(config, env)
@@ -290,23 +312,40 @@ fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
             failed = report.failed().map(|(p, _)| p.to_string()).collect();
         }
         Err(e) => {
-            for r in &roots {
-                eprintln!("narpush: failed {}: {e}", r.to_full(&nix.store_dir));
+            for r in &all {
+                eprintln!("narpush: failed {r}: {e}");
             }
-            failed = roots.iter().map(|r| r.to_full(&nix.store_dir)).collect();
+            failed = all.clone();
+        }
+    }
+    if let Ok(list) = &ahead {
+        let done: Vec<String> = all.iter().filter(|p| !failed.contains(p)).cloned().collect();
+        if let Err(e) = list.remove(&done) {
+            // The pushed paths stay listed; a retry finds them in the cache.
+            eprintln!("narpush: warning: {e}");
         }
     }
     if failed.is_empty() {
         return Ok(0);
     }
-    record_pending(&config.state_dir, &failed)?;
+    if let Err(e) = record_pending(&config.state_dir, &failed) {
+        // Reported here, not handed to `main`, which would try to record them again.
+        eprintln!("narpush: error: {e}");
+        return Ok(1);
+    }
     Ok(if config.strict { 1 } else { 0 })
 }
 
 /// Record paths to push later; failing to do so is the one hook error that stops the
 /// build (losing a path silently is worse).
 pub fn record_pending(state_dir: &Path, paths: &[String]) -> Result<()> {
-    let list = PendingList::open(state_dir)?;
+    let list = PendingList::open(state_dir).map_err(|e| {
+        Error::Other(format!(
+            "could not record {} store path(s) to push later: {e}; they were NOT recorded \
+             (push them by hand or fix the state directory)",
+            paths.len()
+        ))
+    })?;
     list.append(paths)?;
     eprintln!(
         "narpush: {} path(s) recorded in {}; run 'narpush retry' to push them",
