@@ -1,2 +1,4 @@
+pub mod cachecheck;
 pub mod nix;
+pub mod proxy;
 pub mod s3server;
