@@ -2,3 +2,4 @@ pub mod cachecheck;
 pub mod nix;
 pub mod proxy;
 pub mod s3server;
+pub mod tlsutil;
