@@ -303,23 +303,26 @@ fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     if let Err(e) = &ahead {
         eprintln!("narpush: warning: {e}; paths that fail to push cannot be recorded for later");
     }
-    let failed: Vec<String>;
-    match open_target(config, env)
+    let failed: Vec<String> = match open_target(config, env)
         .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, &logger(config)).map(|r| (t, r)))
     {
         Ok((target, report)) => {
             summary(config, &report, &target.cache);
-            failed = report.failed().map(|(p, _)| p.to_string()).collect();
+            report.failed().map(|(p, _)| p.to_string()).collect()
         }
         Err(e) => {
             for r in &all {
                 eprintln!("narpush: failed {r}: {e}");
             }
-            failed = all.clone();
+            all.clone()
         }
-    }
+    };
     if let Ok(list) = &ahead {
-        let done: Vec<String> = all.iter().filter(|p| !failed.contains(p)).cloned().collect();
+        let done: Vec<String> = all
+            .iter()
+            .filter(|p| !failed.contains(p))
+            .cloned()
+            .collect();
         if let Err(e) = list.remove(&done) {
             // The pushed paths stay listed; a retry finds them in the cache.
             eprintln!("narpush: warning: {e}");
