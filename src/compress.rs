@@ -55,7 +55,7 @@ impl Compression {
             Compression::Zstd => 1..=22,
         };
         match level {
-            Some(l) if l == -1 => Ok(None),
+            Some(-1) => Ok(None),
             Some(l) if !range.contains(&l) => Err(Error::Usage(format!(
                 "compression level {l} is out of range for {}: use {}..={}",
                 self.name(),

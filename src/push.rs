@@ -125,7 +125,7 @@ pub fn push(
     }
 
     // 3. Which are in the cache already.
-    let present = parallel_map(&candidates, opts.jobs.max(8).min(32), |info| {
+    let present = parallel_map(&candidates, opts.jobs.clamp(8, 32), |info| {
         cache.exists(&format!("{}.narinfo", info.path.hash_part()))
     });
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
