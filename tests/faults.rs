@@ -351,7 +351,8 @@ fn unwritable_state_dir_is_an_error_only_when_a_path_must_be_recorded() {
 fn sixteen_hooks_at_once_over_a_lossy_link() {
     let s = server();
     // Close about 10% of requests' connections without an answer.
-    let dropped = |i: usize| ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) % 10 == 0;
+    let dropped =
+        |i: usize| ((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32).is_multiple_of(10);
     let proxy = Proxy::start(s.port, move |req: &Req| {
         if dropped(req.index) {
             Action::Close
