@@ -312,6 +312,13 @@ struct Inner {
     cfg: S3Config,
     agent: ureq::Agent,
     rng: AtomicU64,
+    /// Set (when `fail_fast`) once a request ran out of retries because the server
+    /// could not be reached or stopped answering (connect failures, timeouts): later
+    /// requests fail at once instead of each waiting out its own timeouts, so a hook
+    /// over a dead link takes one request's time budget, not one per batch of paths.
+    gave_up: std::sync::Mutex<Option<String>>,
+    /// Whether `gave_up` is used at all (see [`Client::fail_fast_after_outage`]).
+    fail_fast: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Client {
@@ -376,6 +383,8 @@ impl Client {
                 agent: builder.build(),
                 cfg,
                 rng: AtomicU64::new(seed | 1),
+                gave_up: std::sync::Mutex::new(None),
+                fail_fast: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -755,6 +764,18 @@ impl Client {
     fn execute(&self, call: &Call<'_>) -> Result<Resp, S3Error> {
         let policy = &self.inner.cfg.retry;
         let start = Instant::now();
+        // Aborting an upload is always tried: skipping it would leave the upload behind.
+        if call.op != "AbortMultipartUpload" {
+            let gave_up = self.inner.gave_up.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(why) = gave_up.as_deref() {
+                return Err(S3Error::from(S3ErrorInfo {
+                    kind: S3ErrorKind::Local(format!(
+                        "not tried: an earlier request already failed ({why})"
+                    )),
+                    ..self.error_base(call)
+                }));
+            }
+        }
         let payload_hash = sigv4::sha256_hex(call.body);
         let mut attempt = 0u32;
         loop {
@@ -770,7 +791,7 @@ impl Client {
                 }),
             };
             if !err.is_transient() || attempt >= policy.max_attempts.max(1) {
-                return Err(err);
+                return Err(self.note_gave_up(err));
             }
             let remaining = policy.max_total.saturating_sub(start.elapsed());
             let mut sleep = policy.backoff(attempt, self.random01());
@@ -780,10 +801,34 @@ impl Client {
             // Retry-After is honoured up to the remaining budget.
             let sleep = sleep.min(remaining);
             if remaining < Duration::from_millis(50) {
-                return Err(err);
+                return Err(self.note_gave_up(err));
             }
             std::thread::sleep(sleep);
         }
+    }
+
+    /// From now on, once one request runs out of retries because the server could
+    /// not be reached or stopped answering, fail every later request at once (except
+    /// aborts). Meant for one run over many paths; off by default, so a long-lived
+    /// client recovers when the server comes back.
+    pub fn fail_fast_after_outage(&self) {
+        self.inner.fail_fast.store(true, Ordering::Relaxed);
+    }
+
+    /// Remember that the server is unreachable or silent when `err` says so.
+    fn note_gave_up(&self, err: S3Error) -> S3Error {
+        if !self.inner.fail_fast.load(Ordering::Relaxed) {
+            return err;
+        }
+        if let S3ErrorKind::Transport {
+            kind: TransportKind::Connect | TransportKind::Timeout,
+            message,
+        } = &err.kind
+        {
+            let mut g = self.inner.gave_up.lock().unwrap_or_else(|p| p.into_inner());
+            g.get_or_insert_with(|| format!("{} {}", err.operation, message));
+        }
+        err
     }
 
     /// One attempt: the response, or the failure and any Retry-After.
