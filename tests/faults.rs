@@ -212,7 +212,11 @@ fn stalled_server_times_out_in_bounded_time() {
     // hook waits out one request's timeouts per thread, not one per path.
     assert!(err.contains("not tried"), "{err}");
     let n = proxy.requests().len();
-    assert!(n < paths.len() * 2, "{n} requests for {} paths", paths.len());
+    assert!(
+        n < paths.len() * 2,
+        "{n} requests for {} paths",
+        paths.len()
+    );
     assert!(took < Duration::from_secs(60), "{took:?}");
     check_all(&s, BUCKET, &paths, &env.pending());
     assert_eq!(env.pending().len(), paths.len());
