@@ -394,10 +394,36 @@ fn run_retry(config: &Config, env: Env) -> Result<i32> {
             gone.push(full);
         }
     }
+    // A hook that could not start while OUT_PATHS was empty (Nix 2.8) recorded its
+    // derivation: push that derivation's valid outputs, not the .drv file.
+    let mut to_push = Vec::new();
+    for v in valid {
+        if !v.name().ends_with(".drv") {
+            to_push.push(v);
+            continue;
+        }
+        let full = v.to_full(&nix.store_dir);
+        match nix.valid_outputs_of(Path::new(&full)) {
+            Ok(outs) => to_push.extend(outs),
+            Err(e) => {
+                eprintln!("narpush: dropping {full}: {e}");
+                gone.push(full);
+            }
+        }
+    }
+    to_push.sort();
+    to_push.dedup();
     let target = open_target(config, env)?;
-    let report = push::push(&nix, &target.cache, &valid, &target.opts, &logger(config))?;
+    let report = push::push(&nix, &target.cache, &to_push, &target.opts, &logger(config))?;
     summary(config, &report, &target.cache);
     let failed: Vec<&str> = report.failed().map(|(p, _)| p).collect();
+    // Outputs of a recorded derivation that failed are listed in its place.
+    let new: Vec<String> = failed
+        .iter()
+        .filter(|f| !pending.iter().any(|p| p == *f))
+        .map(|f| f.to_string())
+        .collect();
+    list.append(&new)?;
     let done: Vec<String> = pending
         .iter()
         .filter(|p| !failed.contains(&p.as_str()))
