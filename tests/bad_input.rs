@@ -396,3 +396,62 @@ fn malformed_credentials_and_config_files() {
     );
     one_error(&c, &out, 2, &[conf.to_str().unwrap(), "line 3"]);
 }
+
+#[test]
+fn a_hook_that_cannot_start_records_its_derivation_and_retry_pushes_the_outputs() {
+    let c = Case::new("bad-drvhook");
+    let expr = format!(
+        r#"derivation {{ name = "narpush-drvhook"; system = builtins.currentSystem; builder = "/bin/sh"; args = [ "-c" "echo {} > $out" ]; PATH = "/usr/bin:/bin"; }}"#,
+        nix::nonce("drvhook")
+    );
+    let file = c.dir.join("d.nix");
+    std::fs::write(&file, expr).unwrap();
+    let drv = nix::ok(
+        std::process::Command::new("nix-instantiate")
+            .arg(&file)
+            .args(nix::NIX_OPTS),
+    )
+    .trim()
+    .to_string();
+    let out = nix::ok(
+        std::process::Command::new("nix-store")
+            .args(["--realise", &drv])
+            .args(nix::NIX_OPTS),
+    )
+    .trim()
+    .to_string();
+    // Nix 2.8 may leave OUT_PATHS empty; the configuration is broken, so the hook
+    // cannot even start: it records the derivation.
+    let hook = nix::run(
+        narpush()
+            .env("HOME", &c.dir)
+            .env("NARPUSH_STATE_DIR", c.dir.join("state"))
+            .env("NARPUSH_JOBS", "many")
+            .env("OUT_PATHS", "")
+            .env("DRV_PATH", &drv),
+    );
+    assert!(hook.status.success(), "{}", stderr(&hook));
+    let pending = std::fs::read_to_string(c.dir.join("state/pending")).unwrap();
+    assert_eq!(pending, format!("{drv}\n"));
+    // retry pushes the derivation's output, not the .drv file.
+    let retry = nix::run(
+        narpush()
+            .env("HOME", &c.dir)
+            .env("NARPUSH_STATE_DIR", c.dir.join("state"))
+            .args(["retry", "--to", &c.url(), "--key-file"])
+            .arg(&c.key),
+    );
+    assert!(retry.status.success(), "{}", stderr(&retry));
+    let hash = |p: &str| p["/nix/store/".len()..][..32].to_string();
+    assert!(
+        c.cache.join(format!("{}.narinfo", hash(&out))).exists(),
+        "{}",
+        nix::stdout(&retry)
+    );
+    assert!(
+        !c.cache.join(format!("{}.narinfo", hash(&drv))).exists(),
+        "the .drv itself is not pushed"
+    );
+    let pending = std::fs::read_to_string(c.dir.join("state/pending")).unwrap();
+    assert!(pending.is_empty(), "{pending}");
+}
