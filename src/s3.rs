@@ -967,7 +967,11 @@ fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
             );
             refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
         }
-        chain.push_str(&format!(": {e}"));
+        // ureq wraps an io::Error in one that displays the same text: say it once.
+        let text = format!(": {e}");
+        if !chain.ends_with(&text) {
+            chain.push_str(&text);
+        }
         src = e.source();
     }
     let all = format!("{}{chain}", t.message().unwrap_or(""));
