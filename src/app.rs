@@ -128,10 +128,14 @@ fn open_target(config: &Config, env: Env) -> Result<Target> {
             let creds = crate::creds::resolve(&req, env, home.as_deref())?;
             let client = crate::s3::Client::new(crate::s3::S3Config::from_url(&s3, creds))?;
             client.fail_fast_after_outage();
-            Cache::S3 {
+            let journal = crate::uploads::Journal::new(&config.state_dir, client.describe());
+            let cache = Cache::S3 {
                 client,
                 part_size: s3.part_size as usize,
-            }
+                journal: Some(journal),
+            };
+            cache.abort_stale_uploads();
+            cache
         }
     };
     let opts = PushOptions {

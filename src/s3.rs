@@ -1017,6 +1017,9 @@ pub fn part_size_for(expected_len: u64, min_part: usize) -> usize {
     needed.max(min).min(MAX_PART_SIZE) as usize
 }
 
+/// What [`StreamingUpload::on_create`] calls: `f(key, upload_id)`.
+pub type OnCreate = Box<dyn FnMut(&str, &str) + Send>;
+
 /// Streams one object of unknown length with bounded memory: buffers up to part_size;
 /// if the stream ends before the buffer fills, a single PutObject; otherwise a multipart
 /// upload whose parts are all exactly part_size except the last (Cloudflare R2 needs that),
@@ -1033,6 +1036,8 @@ pub struct StreamingUpload {
     total: u64,
     failed: Option<S3Error>,
     finished: bool,
+    /// Called with the key and upload id right after CreateMultipartUpload.
+    on_create: Option<OnCreate>,
 }
 
 impl StreamingUpload {
@@ -1055,7 +1060,13 @@ impl StreamingUpload {
             total: 0,
             failed: None,
             finished: false,
+            on_create: None,
         }
+    }
+
+    /// Call `f(key, upload_id)` once the multipart upload is created (to journal it).
+    pub fn on_create(&mut self, f: OnCreate) {
+        self.on_create = Some(f);
     }
 
     /// The part size in use.
@@ -1117,6 +1128,9 @@ impl StreamingUpload {
                     .client
                     .create_multipart_upload(&self.key, self.content_type)?;
                 self.upload_id = Some(id.clone());
+                if let Some(f) = &mut self.on_create {
+                    f(&self.key, &id);
+                }
                 id
             }
         };
