@@ -282,11 +282,17 @@ fn sigkill_mid_upload_then_retry_completes() {
     // Nothing half-done is visible through a narinfo.
     let cached = common::cachecheck::check_bucket(&s, BUCKET);
     assert!(!cached.contains(&paths[0]));
-    // The multipart upload of the killed process is orphaned: only a bucket lifecycle
-    // rule (AbortIncompleteMultipartUpload) removes it. Count it, then clear it so the
-    // final check is about the retry.
+    // The killed process could not abort its multipart upload; its journal entry
+    // (STATE/uploads) lets the next run do it.
     let orphans = s.pending_uploads();
-    eprintln!("sigkill: orphaned multipart files: {orphans:?}");
+    assert!(!orphans.is_empty(), "the killed upload is still open");
+    assert!(env
+        .state
+        .join("uploads")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_some());
 
     stall.store(false, Ordering::SeqCst);
     let (out, _) = env.retry(&url);
@@ -298,9 +304,16 @@ fn sigkill_mid_upload_then_retry_completes() {
     }
     assert_eq!(
         s.pending_uploads(),
-        orphans,
-        "retry leaves no upload of its own behind"
+        Vec::<String>::new(),
+        "the retry aborted the killed run's upload and left none of its own"
     );
+    assert!(env
+        .state
+        .join("uploads")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_none());
 }
 
 #[test]
