@@ -127,10 +127,15 @@ fn open_target(config: &Config, env: Env) -> Result<Target> {
             };
             let creds = crate::creds::resolve(&req, env, home.as_deref())?;
             let client = crate::s3::Client::new(crate::s3::S3Config::from_url(&s3, creds))?;
-            Cache::S3 {
+            client.fail_fast_after_outage();
+            let journal = crate::uploads::Journal::new(&config.state_dir, client.describe());
+            let cache = Cache::S3 {
                 client,
                 part_size: s3.part_size as usize,
-            }
+                journal: Some(journal),
+            };
+            cache.abort_stale_uploads();
+            cache
         }
     };
     let opts = PushOptions {
@@ -273,37 +278,69 @@ fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<Str
 }
 
 /// As Nix's post-build hook: never fail the build for a cache problem.
+///
+/// The outputs are written to the pending list *before* anything is pushed and
+/// taken off once they are in the cache, so a hook that is killed (SIGKILL, OOM, a
+/// reboot) leaves them for `narpush retry` instead of losing them. That first write
+/// is best effort: when the state directory cannot be written, a warning says so,
+/// and only a push that then fails makes the hook exit non-zero.
 fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     let nix = LocalNix::detect()?;
     let (roots, junk) = hook_roots(&nix, hook)?;
     for j in &junk {
         eprintln!("narpush: ignored {j}");
     }
-    let pushed = open_target(config, env)
-        .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, &logger(config)).map(|r| (t, r)));
-    let failed: Vec<String> = match pushed {
+    let all: Vec<String> = roots.iter().map(|r| r.to_full(&nix.store_dir)).collect();
+    let ahead = PendingList::open(&config.state_dir).and_then(|l| l.append(&all).map(|()| l));
+    if let Err(e) = &ahead {
+        eprintln!("narpush: warning: {e}; paths that fail to push cannot be recorded for later");
+    }
+    let failed: Vec<String> = match open_target(config, env)
+        .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, &logger(config)).map(|r| (t, r)))
+    {
         Ok((target, report)) => {
             summary(config, &report, &target.cache);
             report.failed().map(|(p, _)| p.to_string()).collect()
         }
         Err(e) => {
-            for r in &roots {
-                eprintln!("narpush: failed {}: {e}", r.to_full(&nix.store_dir));
+            for r in &all {
+                eprintln!("narpush: failed {r}: {e}");
             }
-            roots.iter().map(|r| r.to_full(&nix.store_dir)).collect()
+            all.clone()
+        }
+    };
+    if let Ok(list) = &ahead {
+        let done: Vec<String> = all
+            .iter()
+            .filter(|p| !failed.contains(p))
+            .cloned()
+            .collect();
+        if let Err(e) = list.remove(&done) {
+            // The pushed paths stay listed; a retry finds them in the cache.
+            eprintln!("narpush: warning: {e}");
         }
     };
     if failed.is_empty() {
         return Ok(0);
     }
-    record_pending(&config.state_dir, &failed)?;
+    if let Err(e) = record_pending(&config.state_dir, &failed) {
+        // Reported here, not handed to `main`, which would try to record them again.
+        eprintln!("narpush: error: {e}");
+        return Ok(1);
+    }
     Ok(if config.strict { 1 } else { 0 })
 }
 
 /// Record paths to push later; failing to do so is the one hook error that stops the
 /// build (losing a path silently is worse).
 pub fn record_pending(state_dir: &Path, paths: &[String]) -> Result<()> {
-    let list = PendingList::open(state_dir)?;
+    let list = PendingList::open(state_dir).map_err(|e| {
+        Error::Other(format!(
+            "could not record {} store path(s) to push later: {e}; they were NOT recorded \
+             (push them by hand or fix the state directory)",
+            paths.len()
+        ))
+    })?;
     list.append(paths)?;
     eprintln!(
         "narpush: {} path(s) recorded in {}; run 'narpush retry' to push them",

@@ -14,6 +14,7 @@
 use crate::error::{Error, Result};
 use crate::nixbase32;
 use crate::s3::{Client, StreamingUpload};
+use crate::uploads::{self, Journal};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -24,8 +25,15 @@ pub const CACHE_INFO_TYPE: &str = "text/x-nix-cache-info";
 pub const NAR_TYPE: &str = "application/x-nix-nar";
 
 pub enum Cache {
-    File { dir: PathBuf },
-    S3 { client: Client, part_size: usize },
+    File {
+        dir: PathBuf,
+    },
+    S3 {
+        client: Client,
+        part_size: usize,
+        /// Where multipart uploads in flight are noted (see `uploads`).
+        journal: Option<Journal>,
+    },
 }
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -86,6 +94,35 @@ impl Cache {
         Ok(())
     }
 
+    /// Abort the multipart uploads that narpush processes which died left in this
+    /// bucket (see `uploads`); returns how many were cleared. Best effort.
+    pub fn abort_stale_uploads(&self) -> usize {
+        let Cache::S3 {
+            client,
+            journal: Some(j),
+            ..
+        } = self
+        else {
+            return 0;
+        };
+        let mut cleared = 0;
+        for s in j.stale() {
+            match client.abort_multipart_upload(&s.key, &s.upload_id) {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(404) => {}
+                Err(e) => {
+                    eprintln!(
+                        "narpush: warning: could not abort an upload left by an earlier run: {e}"
+                    );
+                    continue;
+                }
+            }
+            uploads::forget(&s.entry);
+            cleared += 1;
+        }
+        cleared
+    }
+
     /// Read a small file; `None` when it does not exist.
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>> {
         match self {
@@ -132,9 +169,15 @@ impl Cache {
                     ext: ext.into(),
                 })
             }
-            Cache::S3 { client, part_size } => Ok(NarSink::S3 {
+            Cache::S3 {
+                client,
+                part_size,
+                journal,
+            } => Ok(NarSink::S3 {
                 client: client.clone(),
                 part_size: *part_size,
+                journal: journal.clone().map(std::sync::Arc::new),
+                entry: Default::default(),
                 buf: Vec::new(),
                 upload: None,
                 big_key: format!(
@@ -160,6 +203,9 @@ pub enum NarSink {
     S3 {
         client: Client,
         part_size: usize,
+        journal: Option<std::sync::Arc<Journal>>,
+        /// The journal entry of the multipart upload, once it exists.
+        entry: std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>,
         buf: Vec<u8>,
         upload: Option<StreamingUpload>,
         big_key: String,
@@ -185,10 +231,16 @@ impl NarSink {
                 upload,
                 big_key,
                 ext,
+                entry,
                 ..
             } => match upload {
                 Some(upload) => {
+                    // A failed upload keeps its journal entry: the next run makes
+                    // sure it is aborted.
                     upload.finish()?;
+                    if let Some(e) = entry.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                        uploads::forget(&e);
+                    }
                     Ok(big_key)
                 }
                 None => {
@@ -224,6 +276,8 @@ impl Write for NarSink {
                 upload,
                 big_key,
                 expected_len,
+                journal,
+                entry,
                 ..
             } => {
                 if let Some(u) = upload {
@@ -241,6 +295,12 @@ impl Write for NarSink {
                     *part_size,
                     *expected_len,
                 );
+                if let Some(j) = journal.clone() {
+                    let slot = entry.clone();
+                    u.on_create(Box::new(move |key, id| {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = j.record(key, id);
+                    }));
+                }
                 u.write_all(pending)?;
                 *pending = Vec::new();
                 let n = u.write(buf)?;

@@ -26,3 +26,4 @@ pub mod sigv4;
 pub mod store_path;
 pub mod store_url;
 pub mod tls;
+pub mod uploads;

@@ -47,9 +47,10 @@ fn hook_failure(e: &Error, state_dir: &std::path::Path) -> i32 {
         .map(String::from)
         .collect();
     let outs = if outs.is_empty() {
+        // A derivation that does not exist has no outputs to push later.
         std::env::var("DRV_PATH")
             .ok()
-            .filter(|d| !d.is_empty())
+            .filter(|d| !d.is_empty() && std::path::Path::new(d).exists())
             .into_iter()
             .collect()
     } else {

@@ -407,10 +407,12 @@ fn invalid_error(invalid: &[String]) -> Error {
         [one] => Error::Nix(format!(
             "{one} is not valid in the local Nix store (not built or garbage-collected)"
         )),
+        // Name a few, not thousands: this is one line of an error message.
         many => Error::Nix(format!(
-            "{} paths are not valid in the local Nix store (not built or garbage-collected): {}",
+            "{} paths are not valid in the local Nix store (not built or garbage-collected): {}{}",
             many.len(),
-            many.join(", ")
+            many[..many.len().min(5)].join(", "),
+            if many.len() > 5 { ", …" } else { "" }
         )),
     }
 }

@@ -89,9 +89,12 @@ impl S3Config {
             region: url.region.clone(),
             path_style: url.path_style(),
             credentials: creds,
-            retry: RetryPolicy::default(),
-            connect_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(30),
+            retry: RetryPolicy {
+                max_attempts: url.retry_attempts,
+                ..RetryPolicy::default()
+            },
+            connect_timeout: Duration::from_secs(url.connect_timeout),
+            io_timeout: Duration::from_secs(url.io_timeout),
             storage_class: url.storage_class.clone(),
             trust_file: None,
         }
@@ -309,6 +312,13 @@ struct Inner {
     cfg: S3Config,
     agent: ureq::Agent,
     rng: AtomicU64,
+    /// Set (when `fail_fast`) once a request ran out of retries because the server
+    /// could not be reached or stopped answering (connect failures, timeouts): later
+    /// requests fail at once instead of each waiting out its own timeouts, so a hook
+    /// over a dead link takes one request's time budget, not one per batch of paths.
+    gave_up: std::sync::Mutex<Option<String>>,
+    /// Whether `gave_up` is used at all (see [`Client::fail_fast_after_outage`]).
+    fail_fast: std::sync::atomic::AtomicBool,
 }
 
 impl fmt::Debug for Client {
@@ -351,6 +361,12 @@ impl Client {
             .timeout_connect(cfg.connect_timeout)
             .timeout_read(cfg.io_timeout)
             .timeout_write(cfg.io_timeout)
+            // No connection reuse: ureq 2 clears a pooled socket's read and write
+            // timeouts and sets only the read one back, once the response body is
+            // read, so a request on a reused connection could wait forever on a
+            // server that stalls (tests/faults.rs). A fresh connection gets both.
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .redirects(0)
             .user_agent(concat!("narpush/", env!("CARGO_PKG_VERSION")));
         if cfg.endpoint.scheme == crate::store_url::Scheme::Https {
@@ -367,6 +383,8 @@ impl Client {
                 agent: builder.build(),
                 cfg,
                 rng: AtomicU64::new(seed | 1),
+                gave_up: std::sync::Mutex::new(None),
+                fail_fast: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -746,6 +764,18 @@ impl Client {
     fn execute(&self, call: &Call<'_>) -> Result<Resp, S3Error> {
         let policy = &self.inner.cfg.retry;
         let start = Instant::now();
+        // Aborting an upload is always tried: skipping it would leave the upload behind.
+        if call.op != "AbortMultipartUpload" {
+            let gave_up = self.inner.gave_up.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(why) = gave_up.as_deref() {
+                return Err(S3Error::from(S3ErrorInfo {
+                    kind: S3ErrorKind::Local(format!(
+                        "not tried: an earlier request already failed ({why})"
+                    )),
+                    ..self.error_base(call)
+                }));
+            }
+        }
         let payload_hash = sigv4::sha256_hex(call.body);
         let mut attempt = 0u32;
         loop {
@@ -761,7 +791,7 @@ impl Client {
                 }),
             };
             if !err.is_transient() || attempt >= policy.max_attempts.max(1) {
-                return Err(err);
+                return Err(self.note_gave_up(err));
             }
             let remaining = policy.max_total.saturating_sub(start.elapsed());
             let mut sleep = policy.backoff(attempt, self.random01());
@@ -771,10 +801,34 @@ impl Client {
             // Retry-After is honoured up to the remaining budget.
             let sleep = sleep.min(remaining);
             if remaining < Duration::from_millis(50) {
-                return Err(err);
+                return Err(self.note_gave_up(err));
             }
             std::thread::sleep(sleep);
         }
+    }
+
+    /// From now on, once one request runs out of retries because the server could
+    /// not be reached or stopped answering, fail every later request at once (except
+    /// aborts). Meant for one run over many paths; off by default, so a long-lived
+    /// client recovers when the server comes back.
+    pub fn fail_fast_after_outage(&self) {
+        self.inner.fail_fast.store(true, Ordering::Relaxed);
+    }
+
+    /// Remember that the server is unreachable or silent when `err` says so.
+    fn note_gave_up(&self, err: S3Error) -> S3Error {
+        if !self.inner.fail_fast.load(Ordering::Relaxed) {
+            return err;
+        }
+        if let S3ErrorKind::Transport {
+            kind: TransportKind::Connect | TransportKind::Timeout,
+            message,
+        } = &err.kind
+        {
+            let mut g = self.inner.gave_up.lock().unwrap_or_else(|p| p.into_inner());
+            g.get_or_insert_with(|| format!("{} {}", err.operation, message));
+        }
+        err
     }
 
     /// One attempt: the response, or the failure and any Retry-After.
@@ -913,7 +967,11 @@ fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
             );
             refused |= io.kind() == std::io::ErrorKind::ConnectionRefused;
         }
-        chain.push_str(&format!(": {e}"));
+        // ureq wraps an io::Error in one that displays the same text: say it once.
+        let text = format!(": {e}");
+        if !chain.ends_with(&text) {
+            chain.push_str(&text);
+        }
         src = e.source();
     }
     let all = format!("{}{chain}", t.message().unwrap_or(""));
@@ -959,6 +1017,9 @@ pub fn part_size_for(expected_len: u64, min_part: usize) -> usize {
     needed.max(min).min(MAX_PART_SIZE) as usize
 }
 
+/// What [`StreamingUpload::on_create`] calls: `f(key, upload_id)`.
+pub type OnCreate = Box<dyn FnMut(&str, &str) + Send>;
+
 /// Streams one object of unknown length with bounded memory: buffers up to part_size;
 /// if the stream ends before the buffer fills, a single PutObject; otherwise a multipart
 /// upload whose parts are all exactly part_size except the last (Cloudflare R2 needs that),
@@ -975,6 +1036,8 @@ pub struct StreamingUpload {
     total: u64,
     failed: Option<S3Error>,
     finished: bool,
+    /// Called with the key and upload id right after CreateMultipartUpload.
+    on_create: Option<OnCreate>,
 }
 
 impl StreamingUpload {
@@ -997,7 +1060,13 @@ impl StreamingUpload {
             total: 0,
             failed: None,
             finished: false,
+            on_create: None,
         }
+    }
+
+    /// Call `f(key, upload_id)` once the multipart upload is created (to journal it).
+    pub fn on_create(&mut self, f: OnCreate) {
+        self.on_create = Some(f);
     }
 
     /// The part size in use.
@@ -1059,6 +1128,9 @@ impl StreamingUpload {
                     .client
                     .create_multipart_upload(&self.key, self.content_type)?;
                 self.upload_id = Some(id.clone());
+                if let Some(f) = &mut self.on_create {
+                    f(&self.key, &id);
+                }
                 id
             }
         };

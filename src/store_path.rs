@@ -35,8 +35,15 @@ impl fmt::Display for ParseError {
                 f,
                 "'{given}' is inside a store path; give the store path itself ({store_path})"
             ),
-            ParseError::BadHash(p) => write!(f, "'{p}' has an invalid store path hash part"),
-            ParseError::BadName(p) => write!(f, "'{p}' has an invalid store path name"),
+            ParseError::BadHash(p) => write!(
+                f,
+                "'{p}' is not a valid store path: expected <32 nix32 characters>-<name> after the store directory"
+            ),
+            ParseError::BadName(p) => write!(
+                f,
+                "'{p}' is not a valid store path: its name may only use A-Z a-z 0-9 +-._?= \
+                 (1 to {MAX_NAME_LEN} characters)"
+            ),
         }
     }
 }
@@ -73,7 +80,12 @@ impl StorePath {
                 store_path: format!("{store_dir}/{first}"),
             });
         }
-        StorePath::from_base_name(rest)
+        // Errors name what was given, not just its last component.
+        StorePath::from_base_name(rest).map_err(|e| match e {
+            ParseError::BadHash(_) => ParseError::BadHash(path.to_string()),
+            ParseError::BadName(_) => ParseError::BadName(path.to_string()),
+            other => other,
+        })
     }
 
     pub fn base_name(&self) -> &str {
@@ -147,6 +159,20 @@ mod tests {
             Err(ParseError::BadName(_))
         ));
         assert!(StorePath::from_base_name("short-x").is_err());
+        // The message names what the user typed, not its last component.
+        let e = StorePath::from_full_path(sd, "/nix/store/abc").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("'/nix/store/abc' is not a valid store path"),
+            "{e}"
+        );
+        let e = StorePath::from_full_path(sd, "/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-f oo")
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("'/nix/store/ril7ajyqqj2vcnc4kl7cch6rsc18h9ff-f oo'"),
+            "{e}"
+        );
         assert!(!valid_name(&"a".repeat(212)));
         assert!(valid_name(&"a".repeat(211)));
         assert!(!valid_name(".."));

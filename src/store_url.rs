@@ -4,6 +4,11 @@
 //! that lists the known ones. Values are percent-decoded. Pure: the only outside
 //! input, the default region, is an argument.
 //!
+//! Three network knobs are narpush's own, for slow or flaky links (and for tests):
+//! `connect-timeout` and `io-timeout` in whole seconds (defaults 10 and 30), and
+//! `retry-attempts`, the attempts one S3 request gets in all, the first included
+//! (default 5; `1` means no retry), as Nix's `download-attempts` counts them.
+//!
 //! `multipart-upload` is accepted for compatibility but changes nothing: narpush
 //! always streams a NAR larger than one part as a multipart upload (so memory stays
 //! bounded), whatever the flag says.
@@ -15,6 +20,12 @@ use std::path::PathBuf;
 pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// Default part size, as Nix's `buffer-size` default.
 pub const DEFAULT_PART_SIZE: u64 = MIN_PART_SIZE;
+/// Default `connect-timeout`, seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: u64 = 10;
+/// Default `io-timeout` (one read or write on the socket), seconds.
+pub const DEFAULT_IO_TIMEOUT: u64 = 30;
+/// Default `retry-attempts` (attempts in all).
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
 /// Default `multipart-threshold` (Nix HEAD): 100 MiB.
 pub const DEFAULT_MULTIPART_THRESHOLD: u64 = 100 * 1024 * 1024;
 
@@ -109,6 +120,12 @@ pub struct S3Url {
     pub part_size: u64,
     pub multipart_threshold: u64,
     pub storage_class: Option<String>,
+    /// `connect-timeout`, seconds.
+    pub connect_timeout: u64,
+    /// `io-timeout`, seconds.
+    pub io_timeout: u64,
+    /// `retry-attempts`: attempts per request in all.
+    pub retry_attempts: u32,
     pub cache: CacheParams,
     /// The URL as given, for messages.
     pub original: String,
@@ -147,6 +164,9 @@ const S3_PARAMS: &[&str] = &[
     "buffer-size",
     "multipart-threshold",
     "storage-class",
+    "connect-timeout",
+    "io-timeout",
+    "retry-attempts",
 ];
 
 impl StoreUrl {
@@ -400,6 +420,17 @@ fn parse_s3(
     let mut part_size = DEFAULT_PART_SIZE;
     let mut threshold = DEFAULT_MULTIPART_THRESHOLD;
     let mut storage_class = None;
+    let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
+    let mut io_timeout = DEFAULT_IO_TIMEOUT;
+    let mut retry_attempts = DEFAULT_RETRY_ATTEMPTS;
+    let ranged = |k: &str, v: &str, max: u64| -> Result<u64, Error> {
+        match v.parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(Error::Usage(format!(
+                "store URL '{url}': {k}={v} is not a whole number from 1 to {max}"
+            ))),
+        }
+    };
     for (k, v) in params {
         let k = k.as_str();
         match k {
@@ -452,6 +483,9 @@ fn parse_s3(
             }
             "multipart-threshold" => threshold = parse_num(k, v, url)?,
             "storage-class" => storage_class = Some(v.clone()).filter(|s| !s.is_empty()),
+            "connect-timeout" => connect_timeout = ranged(k, v, 3600)?,
+            "io-timeout" => io_timeout = ranged(k, v, 3600)?,
+            "retry-attempts" => retry_attempts = ranged(k, v, 100)? as u32,
             _ => {
                 if !cache_param(&mut cache, k, v, url)? {
                     return Err(unknown(k, url, true));
@@ -488,6 +522,9 @@ fn parse_s3(
         part_size,
         multipart_threshold: threshold,
         storage_class,
+        connect_timeout,
+        io_timeout,
+        retry_attempts,
         cache,
         original: url.to_string(),
     };
@@ -534,6 +571,32 @@ mod tests {
         assert_eq!(u.region, "us-east-1");
         assert!(u.path_style(), "a custom endpoint means path style");
         assert_eq!(u.part_size, 5 * 1024 * 1024);
+    }
+
+    #[test]
+    fn network_knobs() {
+        let u = s3("s3://bkt");
+        assert_eq!(
+            (u.connect_timeout, u.io_timeout, u.retry_attempts),
+            (10, 30, 5)
+        );
+        let u = s3("s3://bkt?connect-timeout=1&io-timeout=2&retry-attempts=1");
+        assert_eq!(
+            (u.connect_timeout, u.io_timeout, u.retry_attempts),
+            (1, 2, 1)
+        );
+        for bad in [
+            "connect-timeout=0",
+            "io-timeout=-1",
+            "io-timeout=1.5",
+            "retry-attempts=0",
+            "retry-attempts=101",
+            "connect-timeout=+3",
+        ] {
+            let m = err(&format!("s3://bkt?{bad}"));
+            assert!(m.contains(bad) && m.contains("whole number"), "{m}");
+        }
+        assert!(err("file:///c?io-timeout=3").contains("unknown parameter 'io-timeout'"));
     }
 
     #[test]

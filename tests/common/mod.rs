@@ -1,3 +1,6 @@
 pub mod cache;
+pub mod cachecheck;
 pub mod nix;
+pub mod proxy;
 pub mod s3server;
+pub mod tlsutil;

@@ -1,0 +1,356 @@
+//! A fault-injecting HTTP/1.1 proxy for integration tests: listens on 127.0.0.1,
+//! forwards to a real server (s3s-fs) and, per request, does what a rule says:
+//! forward, answer with a raw response, reset the connection after some bytes of the
+//! request, stall, or close. Requests are parsed only as far as needed (request line,
+//! headers, `Content-Length` body; narpush never sends chunked bodies), and every
+//! request seen is logged for the test to count.
+//!
+//! Bounded: one thread per connection, every socket has a short read timeout so
+//! threads notice `Drop` (stalled connections are released then, or after
+//! `MAX_STALL`), and nothing listens beyond 127.0.0.1.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The longest a stalled connection is held.
+pub const MAX_STALL: Duration = Duration::from_secs(120);
+const POLL: Duration = Duration::from_millis(100);
+
+/// One request as the proxy saw it.
+#[derive(Clone, Debug)]
+pub struct Req {
+    /// 0-based, in arrival order across all connections.
+    pub index: usize,
+    /// 0-based connection number.
+    pub conn: usize,
+    pub method: String,
+    /// Path and query as sent (`/bucket/key?uploadId=…`).
+    pub target: String,
+    pub content_length: u64,
+    /// The raw request head (request line and headers), for secret checks.
+    pub head: String,
+    /// When its head had arrived.
+    pub at: Instant,
+}
+
+impl Req {
+    pub fn is_complete_multipart(&self) -> bool {
+        self.method == "POST" && self.target.contains("uploadId=")
+    }
+    pub fn is_upload_part(&self) -> bool {
+        self.method == "PUT" && self.target.contains("partNumber=")
+    }
+    pub fn is_nar(&self) -> bool {
+        self.target.contains("/nar/")
+    }
+}
+
+/// What to do with one request.
+#[derive(Clone, Debug)]
+pub enum Action {
+    Forward,
+    /// Answer with these bytes (a whole HTTP response) and close the connection.
+    Respond(String),
+    /// Forward the head and this many body bytes, then stop reading and close: the
+    /// unread data makes the kernel send a RST.
+    ResetAfter(u64),
+    /// Forward nothing, never answer: read and discard until the client goes away,
+    /// the proxy is dropped or `MAX_STALL` passes.
+    Stall,
+    /// Close without an answer as soon as the head is read.
+    Close,
+}
+
+pub type Rule = dyn Fn(&Req) -> Action + Send + Sync;
+
+struct Shared {
+    upstream: u16,
+    rule: Box<Rule>,
+    log: Mutex<Vec<Req>>,
+    /// Requests stalled so far.
+    stalled: AtomicUsize,
+    stop: AtomicBool,
+    next_conn: AtomicUsize,
+}
+
+pub struct Proxy {
+    pub port: u16,
+    shared: Arc<Shared>,
+    accept: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Proxy 127.0.0.1:`upstream` with `rule`.
+    pub fn start(upstream: u16, rule: impl Fn(&Req) -> Action + Send + Sync + 'static) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().unwrap().port();
+        let shared = Arc::new(Shared {
+            upstream,
+            rule: Box::new(rule),
+            log: Mutex::new(Vec::new()),
+            stalled: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            next_conn: AtomicUsize::new(0),
+        });
+        let sh = shared.clone();
+        let accept = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sh.stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let sh = sh.clone();
+                std::thread::spawn(move || {
+                    let n = sh.next_conn.fetch_add(1, Ordering::SeqCst);
+                    let _ = serve(&sh, conn, n);
+                });
+            }
+        });
+        Proxy {
+            port,
+            shared,
+            accept: Some(accept),
+        }
+    }
+
+    /// Every request seen so far.
+    pub fn requests(&self) -> Vec<Req> {
+        self.shared.log.lock().unwrap().clone()
+    }
+
+    /// How many requests are being stalled right now (or were).
+    pub fn stalled(&self) -> usize {
+        self.shared.stalled.load(Ordering::SeqCst)
+    }
+
+    /// `s3://BUCKET?endpoint=127.0.0.1:PORT&scheme=http` plus `extra` (`&k=v…`).
+    pub fn url(&self, bucket: &str, extra: &str) -> String {
+        format!(
+            "s3://{bucket}?endpoint=127.0.0.1:{}&scheme=http{extra}",
+            self.port
+        )
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A port nothing listens on (bound a moment ago, then released).
+pub fn refused_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A whole HTTP response with `Connection: close`.
+pub fn http_response(status: u16, reason: &str, headers: &[(&str, &str)], body: &str) -> String {
+    let mut r = format!("HTTP/1.1 {status} {reason}\r\n");
+    for (k, v) in headers {
+        r += &format!("{k}: {v}\r\n");
+    }
+    r += &format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    r
+}
+
+/// An S3 XML error response.
+pub fn s3_error(status: u16, reason: &str, code: &str, extra: &[(&str, &str)]) -> String {
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code>\
+         <Message>injected by the test proxy</Message></Error>"
+    );
+    let mut h = vec![("Content-Type", "application/xml")];
+    h.extend_from_slice(extra);
+    http_response(status, reason, &h, &body)
+}
+
+/// Read from `s` until the end of an HTTP head; `None` on a clean EOF before any byte.
+fn read_head(sh: &Shared, s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Option<usize>> {
+    let started = Instant::now();
+    loop {
+        if let Some(i) = find(buf, b"\r\n\r\n") {
+            return Ok(Some(i + 4));
+        }
+        if sh.stop.load(Ordering::SeqCst) || started.elapsed() > MAX_STALL {
+            return Err(io::Error::other("proxy stopping"));
+        }
+        let mut chunk = [0u8; 16 * 1024];
+        match s.read(&mut chunk) {
+            Ok(0) if buf.is_empty() => return Ok(None),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if is_timeout(&e) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
+/// Relay the upstream's answers to the client until either side closes.
+fn pump(sh: Arc<Shared>, mut from: TcpStream, mut to: TcpStream) {
+    let mut chunk = [0u8; 64 * 1024];
+    loop {
+        if sh.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match from.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&chunk[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if is_timeout(&e) => continue,
+            Err(_) => break,
+        }
+    }
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()> {
+    client.set_read_timeout(Some(POLL))?;
+    let mut upstream: Option<TcpStream> = None;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let Some(head_len) = read_head(sh, &mut client, &mut buf)? else {
+            return Ok(());
+        };
+        let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut first = lines.next().unwrap_or("").split(' ');
+        let method = first.next().unwrap_or("").to_string();
+        let target = first.next().unwrap_or("").to_string();
+        let content_length = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0u64);
+        let req = {
+            let mut log = sh.log.lock().unwrap();
+            let r = Req {
+                index: log.len(),
+                conn,
+                method,
+                target,
+                content_length,
+                head: head.clone(),
+                at: Instant::now(),
+            };
+            log.push(r.clone());
+            r
+        };
+        let action = (sh.rule)(&req);
+        match action {
+            Action::Respond(raw) => {
+                // Drain the body so the client is not reset before it reads the answer.
+                let mut have = (buf.len() - head_len) as u64;
+                let start = Instant::now();
+                while have < content_length && start.elapsed() < Duration::from_secs(10) {
+                    let mut chunk = [0u8; 64 * 1024];
+                    match client.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(n) => have += n as u64,
+                        Err(e) if is_timeout(&e) => continue,
+                        Err(_) => break,
+                    }
+                }
+                let _ = client.write_all(raw.as_bytes());
+                let _ = client.shutdown(Shutdown::Write);
+                // Let the client read the answer before the socket goes away.
+                std::thread::sleep(POLL);
+                return Ok(());
+            }
+            Action::Close => return Ok(()),
+            Action::Stall => {
+                sh.stalled.fetch_add(1, Ordering::SeqCst);
+                let start = Instant::now();
+                let mut chunk = [0u8; 64 * 1024];
+                while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < MAX_STALL {
+                    match client.read(&mut chunk) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if is_timeout(&e) => {}
+                        Err(_) => break,
+                    }
+                }
+                return Ok(());
+            }
+            Action::Forward | Action::ResetAfter(_) => {}
+        }
+        let up = match &mut upstream {
+            Some(u) => u,
+            None => {
+                let u = TcpStream::connect(("127.0.0.1", sh.upstream))?;
+                u.set_read_timeout(Some(POLL))?;
+                let back = u.try_clone()?;
+                let to_client = client.try_clone()?;
+                let sh2 = sh.clone();
+                std::thread::spawn(move || pump(sh2, back, to_client));
+                upstream.insert(u)
+            }
+        };
+        let limit = match action {
+            Action::ResetAfter(n) => n.min(content_length),
+            _ => content_length,
+        };
+        // Forward the head and up to `limit` body bytes.
+        up.write_all(&buf[..head_len])?;
+        let mut sent = 0u64;
+        let extra = &buf[head_len..];
+        let take = (extra.len() as u64).min(limit) as usize;
+        up.write_all(&extra[..take])?;
+        sent += take as u64;
+        let mut leftover: Vec<u8> = extra[take..].to_vec();
+        while sent < limit {
+            let mut chunk = [0u8; 64 * 1024];
+            match client.read(&mut chunk) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    let t = ((limit - sent) as usize).min(n);
+                    up.write_all(&chunk[..t])?;
+                    sent += t as u64;
+                    leftover.extend_from_slice(&chunk[t..n]);
+                }
+                Err(e) if is_timeout(&e) => {
+                    if sh.stop.load(Ordering::SeqCst) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        if let Action::ResetAfter(_) = action {
+            // Unread bytes in the receive buffer make close() send a RST.
+            std::thread::sleep(Duration::from_millis(20));
+            let _ = up.shutdown(Shutdown::Both);
+            drop(client);
+            return Ok(());
+        }
+        // Anything after the body belongs to the next request (no pipelining from
+        // ureq, but be exact).
+        buf = leftover;
+    }
+}
