@@ -10,18 +10,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use narpush::pathinfo::{parse_hash_any, resolve_user_path, LocalNix};
 use narpush::store_path::StorePath;
 
+mod common;
+
 /// Options that let `nix-build` run as root without a daemon, sandbox or network.
-const BUILD_OPTS: &[&str] = &[
-    "--option",
-    "sandbox",
-    "false",
-    "--option",
-    "build-users-group",
-    "",
-    "--option",
-    "substituters",
-    "",
-];
+use common::nix::NIX_OPTS as BUILD_OPTS;
 
 fn local_nix() -> LocalNix {
     LocalNix::detect().unwrap_or_else(|e| {

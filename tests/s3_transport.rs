@@ -5,13 +5,12 @@
 
 mod common;
 
-use common::s3server::{free_port, temp_dir, wait_for_port, S3Server};
+use common::s3server::{free_port, temp_dir, S3Server};
+use common::tlsutil::{make_ca_and_cert, start_stunnel};
 use narpush::creds::Credentials;
 use narpush::s3::{Client, RetryPolicy, S3Config, S3ErrorKind, StreamingUpload, TransportKind};
 use narpush::store_url::StoreUrl;
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIB: usize = 1024 * 1024;
@@ -373,110 +372,6 @@ fn server_down_retries_then_fails_clearly_within_budget() {
     // Back up: the same client works again.
     s.restart();
     assert_eq!(c.get_object("a").unwrap().as_deref(), Some(&b"1"[..]));
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1/localhost signed by it.
-fn make_ca_and_cert(dir: &Path) {
-    run(Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-        ])
-        .args([
-            "-subj",
-            "/CN=narpush test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-        ])
-        .args([
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ])
-        .current_dir(dir));
-    run(Command::new("openssl")
-        .args([
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        .args(["-keyout", "server.key", "-out", "server.csr"])
-        .current_dir(dir));
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(Command::new("openssl")
-        .args([
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-        ])
-        .args([
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-            "-out",
-            "server.pem",
-        ])
-        .current_dir(dir));
-}
-
-/// stunnel (Debian package `stunnel4`) terminating TLS in front of the S3 server.
-struct Stunnel(std::process::Child);
-
-impl Drop for Stunnel {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_stunnel(dir: &Path, tls_port: u16, backend_port: u16) -> Stunnel {
-    let conf = dir.join("stunnel.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{backend_port}\n\
-             cert = {}\nkey = {}\n",
-            dir.join("server.pem").display(),
-            dir.join("server.key").display()
-        ),
-    )
-    .unwrap();
-    let log = std::fs::File::create(dir.join("stunnel.log")).unwrap();
-    let child = Command::new("stunnel")
-        .arg(&conf)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn stunnel: install the Debian package stunnel4");
-    let st = Stunnel(child);
-    wait_for_port(tls_port, "stunnel");
-    st
 }
 
 /// All TLS cases in one test: they read SSL_CERT_FILE, which no other test sets.

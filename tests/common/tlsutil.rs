@@ -1,6 +1,6 @@
 //! TLS for integration tests: a private CA and a 127.0.0.1 certificate made with
 //! `openssl`, and `stunnel` (Debian `stunnel4`) terminating TLS in front of a plain
-//! HTTP server. Copied from tests/s3_transport.rs so other suites can use it.
+//! HTTP server. Shared by the transport, fault and secrets suites.
 #![allow(dead_code)]
 
 use super::s3server::wait_for_port;
