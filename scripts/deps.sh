@@ -22,10 +22,15 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
 
-# Nix in single-user mode as root needs its state directories.
+# Nix in single-user mode as root needs its state directories; touching the store
+# once here creates its database before the tests open it from many processes.
 if [ "$(id -u)" = 0 ]; then
   mkdir -p /nix/var/nix/profiles/per-user/root /nix/var/nix/gcroots/per-user/root /nix/store
 fi
+init=$(mktemp -d)
+echo narpush > "$init/narpush-deps-check"
+nix-store --add "$init/narpush-deps-check" >/dev/null
+rm -rf "$init"
 
 S3S_VERSION=0.14.1
 if ! [ -x .tools/bin/s3s-fs ] || ! grep -qx "$S3S_VERSION" .tools/s3s-fs.version 2>/dev/null; then
