@@ -159,7 +159,6 @@ pub fn push(
 ) -> Result<Report> {
     let start = Instant::now();
     let infos = nix.query(roots, opts.deps != Deps::None)?;
-    let by_path: HashMap<&StorePath, &PathInfo> = infos.iter().map(|i| (&i.path, i)).collect();
     let root_set: BTreeSet<&StorePath> = roots.iter().collect();
     let sd = nix.store_dir.as_str();
 
@@ -283,7 +282,6 @@ pub fn push(
             Outcome::Failed(e)
         },
     );
-    let _ = by_path;
     for (info, outcome) in todo.iter().zip(results) {
         outcomes.push((info.path.to_full(sd), outcome));
     }
