@@ -335,7 +335,7 @@ with the cache and key in /etc/narpush.toml:
     key-file = \"/etc/nix/cache-key.sec\"
 
 Paths that cannot be pushed are recorded in the pending list and pushed
-by the next run or by 'narpush retry'.
+by 'narpush retry' (the NixOS module runs it every 15 minutes).
 
 Run 'narpush push --help' for all options.
 ";

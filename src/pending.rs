@@ -1,5 +1,5 @@
 //! The durable "push later" list: store paths that could not be pushed yet, one
-//! per line in `STATE_DIR/pending`, pushed by the next run or by `narpush retry`.
+//! per line in `STATE_DIR/pending`, pushed by `narpush retry`.
 //!
 //! Many narpush processes may touch the list at once (Nix runs post-build-hooks
 //! concurrently), so every change happens under an exclusive `flock` on a separate
