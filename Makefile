@@ -45,9 +45,12 @@ bench: deps build
 install: build
 	install -D -m 0755 $(TARGET_DIR)/release/narpush $(DESTDIR)$(PREFIX)/bin/narpush
 	install -D -m 0755 hooks/narpush-hook $(DESTDIR)$(PREFIX)/libexec/narpush/narpush-hook
+	install -D -m 0644 hooks/systemd/narpush-retry.service $(DESTDIR)$(PREFIX)/share/narpush/systemd/narpush-retry.service
+	install -D -m 0644 hooks/systemd/narpush-retry.timer $(DESTDIR)$(PREFIX)/share/narpush/systemd/narpush-retry.timer
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/narpush $(DESTDIR)$(PREFIX)/libexec/narpush/narpush-hook
+	rm -rf $(DESTDIR)$(PREFIX)/share/narpush
 
 clean:
 	$(CARGO) clean
