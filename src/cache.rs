@@ -207,7 +207,7 @@ pub enum NarSink {
         /// The journal entry of the multipart upload, once it exists.
         entry: std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>,
         buf: Vec<u8>,
-        upload: Option<StreamingUpload>,
+        upload: Option<Box<StreamingUpload>>,
         big_key: String,
         expected_len: u64,
         ext: String,
@@ -304,7 +304,7 @@ impl Write for NarSink {
                 u.write_all(pending)?;
                 *pending = Vec::new();
                 let n = u.write(buf)?;
-                *upload = Some(u);
+                *upload = Some(Box::new(u));
                 Ok(n)
             }
         }

@@ -1033,11 +1033,45 @@ pub struct StreamingUpload {
     buf: Vec<u8>,
     upload_id: Option<String>,
     parts: Vec<(u32, String)>,
+    /// The number of the last part handed to the sender.
+    next_part: u32,
     total: u64,
     failed: Option<S3Error>,
     finished: bool,
     /// Called with the key and upload id right after CreateMultipartUpload.
     on_create: Option<OnCreate>,
+    /// The thread that uploads full parts while the next one fills, so compressing
+    /// and sending overlap; at most one part waits for it (memory: two parts).
+    sender: Option<PartSender>,
+}
+
+type PartResult = Result<Vec<(u32, String)>, S3Error>;
+
+struct PartSender {
+    tx: std::sync::mpsc::SyncSender<(u32, Vec<u8>)>,
+    handle: std::thread::JoinHandle<PartResult>,
+}
+
+impl PartSender {
+    fn start(client: Client, key: String, upload_id: String) -> PartSender {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, Vec<u8>)>(0);
+        let handle = std::thread::spawn(move || {
+            let mut parts = Vec::new();
+            for (n, body) in rx {
+                parts.push((n, client.upload_part(&key, &upload_id, n, &body)?));
+            }
+            Ok(parts)
+        });
+        PartSender { tx, handle }
+    }
+
+    /// Wait for the parts sent so far; their numbers and ETags, or the first error.
+    fn join(self) -> PartResult {
+        drop(self.tx);
+        self.handle
+            .join()
+            .unwrap_or_else(|_| panic!("part upload thread panicked"))
+    }
 }
 
 impl StreamingUpload {
@@ -1057,10 +1091,12 @@ impl StreamingUpload {
             buf: Vec::new(),
             upload_id: None,
             parts: Vec::new(),
+            next_part: 0,
             total: 0,
             failed: None,
             finished: false,
             on_create: None,
+            sender: None,
         }
     }
 
@@ -1089,7 +1125,7 @@ impl StreamingUpload {
                 } else {
                     self.upload_buffered()
                 };
-                r.and_then(|()| {
+                r.and_then(|()| self.wait_for_parts()).and_then(|()| {
                     self.client
                         .complete_multipart_upload(&self.key, &id, &self.parts)
                 })
@@ -1114,10 +1150,24 @@ impl StreamingUpload {
 
     fn abort_quietly(&mut self) {
         self.finished = true;
+        if let Some(sender) = self.sender.take() {
+            // Let a part in flight end before the abort, or it could outlive it.
+            let _ = sender.join();
+        }
         if let Some(id) = self.upload_id.take() {
             // Best effort: the upload failed already; its error is the one to report.
             let _ = self.client.abort_multipart_upload(&self.key, &id);
         }
+    }
+
+    /// Wait until every part handed over so far is uploaded (their ETags are then in
+    /// `parts`); the first failure among them is the error.
+    fn wait_for_parts(&mut self) -> Result<(), S3Error> {
+        if let Some(sender) = self.sender.take() {
+            let done = sender.join()?;
+            self.parts.extend(done);
+        }
+        Ok(())
     }
 
     fn upload_buffered(&mut self) -> Result<(), S3Error> {
@@ -1134,7 +1184,8 @@ impl StreamingUpload {
                 id
             }
         };
-        let n = self.parts.len() as u32 + 1;
+        self.next_part += 1;
+        let n = self.next_part;
         if u64::from(n) > MAX_PARTS {
             return Err(S3ErrorInfo {
                 kind: S3ErrorKind::Local(format!(
@@ -1145,9 +1196,22 @@ impl StreamingUpload {
             }
             .into());
         }
-        let etag = self.client.upload_part(&self.key, &id, n, &self.buf)?;
-        self.parts.push((n, etag));
-        self.buf.clear();
+        let sender = self.sender.get_or_insert_with(|| {
+            PartSender::start(self.client.clone(), self.key.clone(), id.clone())
+        });
+        let body = std::mem::take(&mut self.buf);
+        if sender.tx.send((n, body)).is_err() {
+            // The thread stopped at a failed part: that failure is the error.
+            let failed = self.sender.take().map(PartSender::join);
+            return Err(match failed {
+                Some(Err(e)) => e,
+                _ => S3ErrorInfo {
+                    kind: S3ErrorKind::Local("the part upload thread stopped".into()),
+                    ..self.client.error_for("UploadPart", Some(&self.key))
+                }
+                .into(),
+            });
+        }
         Ok(())
     }
 }
@@ -1184,7 +1248,17 @@ impl std::io::Write for StreamingUpload {
         Ok(n)
     }
 
+    /// Waits for the parts already handed to the upload thread (the part still
+    /// filling stays buffered: S3 parts are all one size).
     fn flush(&mut self) -> std::io::Result<()> {
+        if let Some(e) = &self.failed {
+            return Err(std::io::Error::other(e.clone()));
+        }
+        if let Err(e) = self.wait_for_parts() {
+            self.abort_quietly();
+            self.failed = Some(e.clone());
+            return Err(std::io::Error::other(e));
+        }
         Ok(())
     }
 }

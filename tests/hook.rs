@@ -288,7 +288,9 @@ fn installed_hook_wrapper_pushes_a_build() {
     make_install(&prefix, &s.dir);
     let hook = prefix.join("libexec/narpush/narpush-hook");
     assert!(prefix.join("bin/narpush").is_file());
-    assert!(prefix.join("share/narpush/systemd/narpush-retry.timer").is_file());
+    assert!(prefix
+        .join("share/narpush/systemd/narpush-retry.timer")
+        .is_file());
     // Credentials from the wrapper's env file, not the config.
     let config = s.dir.join("wrapper.toml");
     let text = std::fs::read_to_string(&s.config).unwrap();

@@ -155,7 +155,9 @@ fn streaming_upload_small_is_single_put_and_large_is_multipart() {
     for chunk in big.chunks(777_777) {
         up.write_all(chunk).unwrap();
     }
-    // Two parts are up and the upload is in progress before finish.
+    // Two parts are up (once the upload thread is done with them) and the upload is
+    // in progress before finish.
+    up.flush().unwrap();
     let pending = s.pending_uploads();
     assert_eq!(pending.len(), 3, "upload info and two parts: {pending:?}");
     assert_eq!(up.finish().unwrap(), big.len() as u64);
@@ -192,6 +194,7 @@ fn failed_or_dropped_multipart_uploads_leave_nothing_behind() {
         0,
     );
     up.write_all(&data(6 * MIB, 4)).unwrap();
+    up.flush().unwrap();
     assert_eq!(
         s.pending_uploads().len(),
         2,
@@ -671,7 +674,9 @@ fn a_part_that_fails_aborts_the_upload() {
     let c = srv.client(quick_retry());
     let mut up = StreamingUpload::new(&c, "nar/y.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
     up.write_all(&vec![0u8; 5 * MIB]).unwrap();
-    let err = up.write_all(b"more").unwrap_err();
+    // The full part goes to the upload thread with the next write; its failure
+    // comes back from that write or, at the latest, from flush.
+    let err = up.write_all(b"more").and_then(|()| up.flush()).unwrap_err();
     let e = narpush::s3::S3Error::from_io(err).expect("the io::Error carries the S3Error");
     assert_eq!(e.code(), Some("EntityTooSmall"), "{e}");
     // Later writes and finish keep failing with the same error.
