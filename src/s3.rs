@@ -353,6 +353,8 @@ struct Call<'a> {
     query: &'a [(&'a str, &'a str)],
     headers: &'a [(&'a str, &'a str)],
     body: &'a [u8],
+    /// A longer time to wait for the answer than the configured I/O timeout.
+    patience: Option<Duration>,
 }
 
 impl Client {
@@ -411,6 +413,7 @@ impl Client {
             query: &[],
             headers: &[],
             body: &[],
+            patience: None,
         };
         match self.execute(&call) {
             Ok(r) => {
@@ -434,6 +437,7 @@ impl Client {
             query: &[],
             headers: &[],
             body: &[],
+            patience: None,
         };
         match self.execute(&call) {
             Ok(r) => Ok(Some(r.body)),
@@ -454,6 +458,7 @@ impl Client {
             query: &[],
             headers: &headers,
             body,
+            patience: None,
         };
         self.execute(&call).map(drop)
     }
@@ -475,6 +480,7 @@ impl Client {
             query: &[("uploads", "")],
             headers: &headers,
             body: &[],
+            patience: None,
         };
         let r = self.execute(&call)?;
         let text = String::from_utf8_lossy(&r.body);
@@ -500,6 +506,7 @@ impl Client {
             query: &query,
             headers: &[],
             body,
+            patience: None,
         };
         let r = self.execute(&call)?;
         r.header("etag")
@@ -512,6 +519,19 @@ impl Client {
         key: &str,
         upload_id: &str,
         parts: &[(u32, String)],
+    ) -> Result<(), S3Error> {
+        self.complete_multipart_upload_of(key, upload_id, parts, 0)
+    }
+
+    /// CompleteMultipartUpload of an object of `size` bytes: servers assemble the
+    /// object before they answer (AWS: "could take several minutes"), so the answer
+    /// is awaited for the I/O timeout plus 30 s per GiB.
+    pub fn complete_multipart_upload_of(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+        size: u64,
     ) -> Result<(), S3Error> {
         let mut body = String::from(
             "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">",
@@ -530,6 +550,9 @@ impl Client {
             query: &[("uploadId", upload_id)],
             headers: &[("content-type", "application/xml")],
             body: body.as_bytes(),
+            patience: Some(
+                self.inner.cfg.io_timeout + Duration::from_secs(30 * size.div_ceil(1 << 30)),
+            ),
         };
         self.execute(&call).map(drop)
     }
@@ -543,6 +566,7 @@ impl Client {
             query: &[("uploadId", upload_id)],
             headers: &[],
             body: &[],
+            patience: None,
         };
         match self.execute(&call) {
             Ok(_) => Ok(()),
@@ -567,6 +591,7 @@ impl Client {
                 query: &query,
                 headers: &[],
                 body: &[],
+                patience: None,
             };
             let r = self.execute(&call)?;
             let text = String::from_utf8_lossy(&r.body);
@@ -610,6 +635,7 @@ impl Client {
                 query: &query,
                 headers: &[],
                 body: &[],
+                patience: None,
             };
             let r = self.execute(&call)?;
             let text = String::from_utf8_lossy(&r.body);
@@ -658,6 +684,7 @@ impl Client {
                 query: &[("delete", "")],
                 headers: &headers,
                 body: body.as_bytes(),
+                patience: None,
             };
             let r = self.execute(&call)?;
             let text = String::from_utf8_lossy(&r.body);
@@ -697,6 +724,7 @@ impl Client {
             query: &[],
             headers: &[],
             body: body.as_bytes(),
+            patience: None,
         };
         match self.execute(&call) {
             Ok(_) => Ok(()),
@@ -869,6 +897,10 @@ impl Client {
             url.push_str(&query);
         }
         let mut r = self.inner.agent.request(call.method, &url);
+        if let Some(t) = call.patience {
+            // ureq: a request deadline replaces the agent's read timeout.
+            r = r.timeout(cfg.connect_timeout + t);
+        }
         for (n, v) in call.headers {
             r = r.set(n, v);
         }
@@ -1025,6 +1057,8 @@ pub type OnCreate = Box<dyn FnMut(&str, &str) + Send>;
 /// upload whose parts are all exactly part_size except the last (Cloudflare R2 needs that),
 /// growing part_size up front from `expected_len` so there are never more than 10,000 parts.
 /// Any error, or dropping it unfinished, aborts the multipart upload (no orphans).
+/// The key should be this upload's own (narpush adds a random part): a completion
+/// whose answer was lost is recognised by an object of exactly the streamed size.
 pub struct StreamingUpload {
     client: Client,
     key: String,
@@ -1126,8 +1160,25 @@ impl StreamingUpload {
                     self.upload_buffered()
                 };
                 r.and_then(|()| self.wait_for_parts()).and_then(|()| {
-                    self.client
-                        .complete_multipart_upload(&self.key, &id, &self.parts)
+                    let done = self.client.complete_multipart_upload_of(
+                        &self.key,
+                        &id,
+                        &self.parts,
+                        self.total,
+                    );
+                    match done {
+                        // An attempt whose answer was lost (a timeout while the server
+                        // assembled the object) may have completed it: a retry then
+                        // finds no such upload. The key is this upload's own, so an
+                        // object of exactly our size under it is ours.
+                        Err(_)
+                            if self.client.head_object(&self.key).ok().flatten()
+                                == Some(self.total) =>
+                        {
+                            Ok(())
+                        }
+                        other => other,
+                    }
                 })
             }
         };

@@ -691,3 +691,63 @@ fn a_part_that_fails_aborts_the_upload() {
         ]
     );
 }
+
+/// A completion whose answer was lost (here: a 500 after which the retry finds no
+/// such upload, as when the first attempt timed out while the server assembled a
+/// large object) is recognised by an object of exactly the streamed size.
+#[test]
+fn a_completion_whose_answer_was_lost_is_recognised_by_the_object() {
+    let total = 5 * MIB + 1;
+    let head = |status: &str| {
+        format!("HTTP/1.1 {status}\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n")
+    };
+    let script = |last_head: String| {
+        vec![
+            http("200 OK", "", "<InitiateMultipartUploadResult><UploadId>up-9</UploadId></InitiateMultipartUploadResult>"),
+            http("200 OK", "ETag: \"p1\"\r\n", ""),
+            http("200 OK", "ETag: \"p2\"\r\n", ""),
+            http("500 Internal Server Error", "", &s3_error_xml("InternalError", "try again")),
+            http("404 Not Found", "", &s3_error_xml("NoSuchUpload", "The specified upload does not exist.")),
+            last_head,
+        ]
+    };
+    let srv = Scripted::start(script(head("200 OK")));
+    let c = srv.client(quick_retry());
+    let mut up = StreamingUpload::new(
+        &c,
+        "nar/z-abc.nar".into(),
+        "application/x-nix-nar",
+        5 * MIB,
+        0,
+    );
+    up.write_all(&vec![7u8; total]).unwrap();
+    assert_eq!(up.finish().unwrap(), total as u64);
+    let seen = srv.finish();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("HEAD /bkt/nar/z-abc.nar HTTP/1.1"),
+        "{seen:?}"
+    );
+
+    // No object (or another size) under the key: the failure stands and the upload
+    // is aborted.
+    let mut script = script(http("404 Not Found", "", ""));
+    script.push(http("204 No Content", "", ""));
+    let srv = Scripted::start(script);
+    let c = srv.client(quick_retry());
+    let mut up = StreamingUpload::new(
+        &c,
+        "nar/z-abc.nar".into(),
+        "application/x-nix-nar",
+        5 * MIB,
+        0,
+    );
+    up.write_all(&vec![7u8; total]).unwrap();
+    assert_eq!(up.finish().unwrap_err().code(), Some("NoSuchUpload"));
+    let seen = srv.finish();
+    assert_eq!(
+        seen.last().map(String::as_str),
+        Some("DELETE /bkt/nar/z-abc.nar?uploadId=up-9 HTTP/1.1"),
+        "{seen:?}"
+    );
+}
