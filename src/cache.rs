@@ -110,12 +110,19 @@ impl Cache {
             match client.abort_multipart_upload(&s.key, &s.upload_id) {
                 Ok(()) => {}
                 Err(e) if e.status() == Some(404) => {}
-                Err(e) => {
+                Err(e) if e.is_transient() => {
                     eprintln!(
-                        "narpush: warning: could not abort an upload left by an earlier run: {e}"
+                        "narpush: warning: could not abort an upload left by an earlier run \
+                         (will try again next run): {e}"
                     );
                     continue;
                 }
+                // Refused for good (gone, or not ours to abort): asking again each run
+                // would not help; a lifecycle rule on the bucket removes such uploads.
+                Err(e) => eprintln!(
+                    "narpush: warning: could not abort an upload left by an earlier run, \
+                     forgetting it: {e}"
+                ),
             }
             uploads::forget(&s.entry);
             cleared += 1;
