@@ -108,6 +108,19 @@ fn effective_uid_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// What Nix tells a post-build hook, when it says anything (`OUT_PATHS` or
+/// `DRV_PATH` set).
+pub fn hook_env(env: &dyn Fn(&str) -> Option<String>) -> Option<HookEnv> {
+    let out_paths = env("OUT_PATHS");
+    let drv_path = env("DRV_PATH");
+    (out_paths.is_some() || drv_path.is_some()).then(|| HookEnv {
+        out_paths: out_paths
+            .map(|o| o.split_whitespace().map(str::to_string).collect())
+            .unwrap_or_default(),
+        drv_path,
+    })
+}
+
 /// The state directory used when the configuration names none (also when the
 /// configuration itself cannot be read, so a hook can still record what it missed).
 pub fn fallback_state_dir(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
@@ -185,15 +198,8 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     config.command = match paths {
         None => Command::Retry,
         Some(paths) => {
-            let out_paths = env("OUT_PATHS");
-            let drv_path = env("DRV_PATH");
-            let hook = if paths.is_empty() && (out_paths.is_some() || drv_path.is_some()) {
-                Some(HookEnv {
-                    out_paths: out_paths
-                        .map(|o| o.split_whitespace().map(str::to_string).collect())
-                        .unwrap_or_default(),
-                    drv_path,
-                })
+            let hook = if paths.is_empty() {
+                hook_env(&env)
             } else {
                 None
             };

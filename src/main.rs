@@ -10,19 +10,21 @@ fn main() {
         .and_then(|args| config::resolve(args, &env))
     {
         Ok(cfg) => {
-            let hook = matches!(&cfg.command, config::Command::Push { hook: Some(_), .. });
-            let (strict, state_dir) = (cfg.strict, cfg.state_dir.clone());
-            match app::run(cfg, &env) {
-                Ok(code) => code,
-                Err(e) if hook && !strict => hook_failure(&e, &state_dir),
-                Err(e) => report(&e),
+            let hook = match &cfg.command {
+                config::Command::Push { hook: Some(h), .. } if !cfg.strict => Some(h.clone()),
+                _ => None,
+            };
+            let state_dir = cfg.state_dir.clone();
+            match (app::run(cfg, &env), hook) {
+                (Ok(code), _) => code,
+                (Err(e), Some(h)) => hook_failure(&e, &h, &state_dir),
+                (Err(e), None) => report(&e),
             }
         }
-        Err(e) if in_hook(&env) => match config::fallback_state_dir(&env) {
-            Ok(dir) => hook_failure(&e, &dir),
-            Err(_) => report(&e),
+        Err(e) => match (in_hook(&env), config::fallback_state_dir(&env)) {
+            (Some(h), Ok(dir)) => hook_failure(&e, &h, &dir),
+            _ => report(&e),
         },
-        Err(e) => report(&e),
     };
     std::process::exit(code);
 }
@@ -32,26 +34,28 @@ fn report(e: &Error) -> i32 {
     e.exit_code()
 }
 
-/// Run by Nix as a hook with no arguments.
-fn in_hook(env: &dyn Fn(&str) -> Option<String>) -> bool {
-    std::env::args_os().len() <= 2 && (env("OUT_PATHS").is_some() || env("DRV_PATH").is_some())
+/// Run by Nix as a hook (no arguments, or just `push`): what Nix said.
+fn in_hook(env: &dyn Fn(&str) -> Option<String>) -> Option<config::HookEnv> {
+    (std::env::args_os().len() <= 2)
+        .then(|| config::hook_env(env))
+        .flatten()
 }
 
 /// A hook that could not even start pushing: say so, record the outputs, exit 0.
-fn hook_failure(e: &Error, state_dir: &std::path::Path) -> i32 {
+fn hook_failure(e: &Error, hook: &config::HookEnv, state_dir: &std::path::Path) -> i32 {
     eprintln!("narpush: error: {e}");
-    let outs: Vec<String> = std::env::var("OUT_PATHS")
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter(|p| p.starts_with('/') && !p.contains(['\n', '\r']))
-        .map(String::from)
+    let outs: Vec<String> = hook
+        .out_paths
+        .iter()
+        .filter(|p| p.starts_with('/'))
+        .cloned()
         .collect();
     let outs = if outs.is_empty() {
         // A derivation that does not exist has no outputs to push later.
-        std::env::var("DRV_PATH")
-            .ok()
+        hook.drv_path
+            .iter()
             .filter(|d| !d.is_empty() && std::path::Path::new(d).exists())
-            .into_iter()
+            .cloned()
             .collect()
     } else {
         outs
