@@ -180,21 +180,27 @@ impl Cache {
                 client,
                 part_size,
                 journal,
-            } => Ok(NarSink::S3 {
-                client: client.clone(),
-                part_size: *part_size,
-                journal: journal.clone().map(std::sync::Arc::new),
-                entry: Default::default(),
-                buf: Vec::new(),
-                upload: None,
-                big_key: format!(
+            } => {
+                let big_key = format!(
                     "nar/{}-{}.nar{ext}",
                     nixbase32::encode(nar_hash),
                     random_suffix()
-                ),
-                expected_len,
-                ext: ext.into(),
-            }),
+                );
+                let mut upload =
+                    StreamingUpload::new(client, big_key, NAR_TYPE, *part_size, expected_len);
+                let entry: std::sync::Arc<std::sync::Mutex<Option<PathBuf>>> = Default::default();
+                if let Some(j) = journal.clone() {
+                    let slot = entry.clone();
+                    upload.on_create(Box::new(move |key, id| {
+                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = j.record(key, id);
+                    }));
+                }
+                Ok(NarSink::S3 {
+                    upload: Box::new(upload),
+                    entry,
+                    ext: ext.into(),
+                })
+            }
         }
     }
 }
@@ -206,17 +212,13 @@ pub enum NarSink {
         tmp: TempFile,
         ext: String,
     },
-    /// Bytes are buffered up to one part; past that they stream as a multipart upload.
+    /// One part is buffered; a stream that ends within it is put whole under its
+    /// FileHash name, a longer one goes up as a multipart upload under the up-front
+    /// name (see the module docs).
     S3 {
-        client: Client,
-        part_size: usize,
-        journal: Option<std::sync::Arc<Journal>>,
+        upload: Box<StreamingUpload>,
         /// The journal entry of the multipart upload, once it exists.
         entry: std::sync::Arc<std::sync::Mutex<Option<PathBuf>>>,
-        buf: Vec<u8>,
-        upload: Option<Box<StreamingUpload>>,
-        big_key: String,
-        expected_len: u64,
         ext: String,
     },
 }
@@ -232,30 +234,16 @@ impl NarSink {
                     .map_err(|e| Error::io("write", &dest, e))?;
                 Ok(format!("nar/{key_name}"))
             }
-            NarSink::S3 {
-                client,
-                buf,
-                upload,
-                big_key,
-                ext,
-                entry,
-                ..
-            } => match upload {
-                Some(upload) => {
-                    // A failed upload keeps its journal entry: the next run makes
-                    // sure it is aborted.
-                    upload.finish()?;
-                    if let Some(e) = entry.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                        uploads::forget(&e);
-                    }
-                    Ok(big_key)
+            NarSink::S3 { upload, entry, ext } => {
+                let single = format!("nar/{}.nar{ext}", nixbase32::encode(file_hash));
+                // A failed upload keeps its journal entry: the next run makes sure it
+                // is aborted.
+                let key = upload.finish_as(&single)?;
+                if let Some(e) = entry.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    uploads::forget(&e);
                 }
-                None => {
-                    let key = format!("nar/{}.nar{ext}", nixbase32::encode(file_hash));
-                    client.put_object(&key, &buf, NAR_TYPE)?;
-                    Ok(key)
-                }
-            },
+                Ok(key)
+            }
         }
     }
 
@@ -263,11 +251,7 @@ impl NarSink {
     pub fn abort(self) {
         match self {
             NarSink::File { tmp, .. } => drop(tmp),
-            NarSink::S3 { upload, .. } => {
-                if let Some(u) = upload {
-                    u.abort()
-                }
-            }
+            NarSink::S3 { upload, .. } => upload.abort(),
         }
     }
 }
@@ -276,44 +260,7 @@ impl Write for NarSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             NarSink::File { tmp, .. } => tmp.write(buf),
-            NarSink::S3 {
-                client,
-                part_size,
-                buf: pending,
-                upload,
-                big_key,
-                expected_len,
-                journal,
-                entry,
-                ..
-            } => {
-                if let Some(u) = upload {
-                    return u.write(buf);
-                }
-                if pending.len() + buf.len() <= *part_size {
-                    pending.extend_from_slice(buf);
-                    return Ok(buf.len());
-                }
-                // More than one part: switch to a multipart upload under the up-front name.
-                let mut u = StreamingUpload::new(
-                    client,
-                    big_key.clone(),
-                    NAR_TYPE,
-                    *part_size,
-                    *expected_len,
-                );
-                if let Some(j) = journal.clone() {
-                    let slot = entry.clone();
-                    u.on_create(Box::new(move |key, id| {
-                        *slot.lock().unwrap_or_else(|p| p.into_inner()) = j.record(key, id);
-                    }));
-                }
-                u.write_all(pending)?;
-                *pending = Vec::new();
-                let n = u.write(buf)?;
-                *upload = Some(Box::new(u));
-                Ok(n)
-            }
+            NarSink::S3 { upload, .. } => upload.write(buf),
         }
     }
 

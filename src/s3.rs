@@ -1145,14 +1145,25 @@ impl StreamingUpload {
     }
 
     /// Upload what is buffered and complete; returns the object's size.
-    pub fn finish(mut self) -> Result<u64, S3Error> {
+    pub fn finish(self) -> Result<u64, S3Error> {
+        let (total, key) = (self.total, self.key.clone());
+        self.finish_as(&key).map(|_| total)
+    }
+
+    /// Like [`finish`](Self::finish), but a stream that fit in one part is put under
+    /// `single_key` (a name that could only be known at the end, such as the hash of
+    /// the content); returns the key the object has.
+    pub fn finish_as(mut self, single_key: &str) -> Result<String, S3Error> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
+        let key = if self.upload_id.is_some() {
+            self.key.clone()
+        } else {
+            single_key.to_string()
+        };
         let result = match self.upload_id.clone() {
-            None => self
-                .client
-                .put_object(&self.key, &self.buf, self.content_type),
+            None => self.client.put_object(&key, &self.buf, self.content_type),
             Some(id) => {
                 let r = if self.buf.is_empty() {
                     Ok(())
@@ -1185,7 +1196,7 @@ impl StreamingUpload {
         match result {
             Ok(()) => {
                 self.finished = true;
-                Ok(self.total)
+                Ok(key)
             }
             Err(e) => {
                 self.abort_quietly();
