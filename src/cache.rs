@@ -43,17 +43,15 @@ fn tmp_name(dir: &Path, base: &str) -> PathBuf {
     dir.join(format!(".{base}.tmp.{}.{n}", std::process::id()))
 }
 
-/// 8 random nix32 characters (from the OS's randomness via std's hasher seed).
-fn random_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    nixbase32::encode(&h.finish().to_le_bytes()[..5])
+/// 8 random nix32 characters (40 bits from the OS's random source).
+fn random_suffix() -> Result<String> {
+    let mut b = [0u8; 5];
+    getrandom::fill(&mut b).map_err(|e| {
+        Error::Other(format!(
+            "cannot read random bytes from the operating system for an upload name: {e}"
+        ))
+    })?;
+    Ok(nixbase32::encode(&b))
 }
 
 /// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
@@ -184,7 +182,7 @@ impl Cache {
                 let big_key = format!(
                     "nar/{}-{}.nar{ext}",
                     nixbase32::encode(nar_hash),
-                    random_suffix()
+                    random_suffix()?
                 );
                 let mut upload =
                     StreamingUpload::new(client, big_key, NAR_TYPE, *part_size, expected_len);
