@@ -222,12 +222,12 @@ fn read_head(sh: &Shared, s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Op
     }
 }
 
-/// Read and discard until the client closes (or fails), the proxy stops or
-/// [`CLIENT_WAIT`] passes.
-fn until_closed(sh: &Shared, client: &mut TcpStream) {
+/// Read and discard until the client closes (or fails), the proxy stops or `limit`
+/// passes.
+fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) {
     let start = Instant::now();
-    let mut chunk = [0u8; 16 * 1024];
-    while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < CLIENT_WAIT {
+    let mut chunk = [0u8; 64 * 1024];
+    while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < limit {
         match client.read(&mut chunk) {
             Ok(0) => return,
             Ok(_) => {}
@@ -334,23 +334,14 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
                 let _ = client.shutdown(Shutdown::Write);
                 // Keep the socket until the client has read the answer and closed
                 // its side (closing first could reset the answer away).
-                until_closed(sh, &mut client);
+                until_closed(sh, &mut client, CLIENT_WAIT);
                 return Ok(());
             }
             Action::Close => return Ok(()),
             Action::Stall => {
                 sh.seen.lock().unwrap().stalled += 1;
                 sh.changed.notify_all();
-                let start = Instant::now();
-                let mut chunk = [0u8; 64 * 1024];
-                while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < MAX_STALL {
-                    match client.read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) if is_timeout(&e) => {}
-                        Err(_) => break,
-                    }
-                }
+                until_closed(sh, &mut client, MAX_STALL);
                 return Ok(());
             }
             Action::Forward | Action::ResetAfter(_) => {}
