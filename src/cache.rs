@@ -43,17 +43,15 @@ fn tmp_name(dir: &Path, base: &str) -> PathBuf {
     dir.join(format!(".{base}.tmp.{}.{n}", std::process::id()))
 }
 
-/// 8 random nix32 characters (from the OS's randomness via std's hasher seed).
-fn random_suffix() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(TMP_COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    nixbase32::encode(&h.finish().to_le_bytes()[..5])
+/// 8 random nix32 characters (40 bits from the OS's random source).
+fn random_suffix() -> Result<String> {
+    let mut b = [0u8; 5];
+    getrandom::fill(&mut b).map_err(|e| {
+        Error::Other(format!(
+            "cannot read random bytes from the operating system for an upload name: {e}"
+        ))
+    })?;
+    Ok(nixbase32::encode(&b))
 }
 
 /// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
@@ -166,10 +164,7 @@ impl Cache {
                 let nar_dir = dir.join("nar");
                 let path = tmp_name(&nar_dir, "upload");
                 let f = File::create(&path).map_err(|e| Error::io("create", &path, e))?;
-                let tmp = TempFile {
-                    path,
-                    file: Some(BufWriter::with_capacity(1 << 20, f)),
-                };
+                let tmp = TempFile::new(path, f);
                 Ok(NarSink::File {
                     dir: nar_dir,
                     tmp,
@@ -184,7 +179,7 @@ impl Cache {
                 let big_key = format!(
                     "nar/{}-{}.nar{ext}",
                     nixbase32::encode(nar_hash),
-                    random_suffix()
+                    random_suffix()?
                 );
                 let mut upload =
                     StreamingUpload::new(client, big_key, NAR_TYPE, *part_size, expected_len);
@@ -273,22 +268,36 @@ impl Write for NarSink {
 }
 
 /// A temporary file that is removed unless it is persisted (renamed into place), so
-/// no failure path leaves a half-written NAR in the cache.
+/// no failure path (a failed flush, fsync or rename included) leaves a half-written
+/// NAR in the cache.
 pub struct TempFile {
     path: PathBuf,
+    /// Open until persisted or closed by a failed persist.
     file: Option<BufWriter<File>>,
+    /// Renamed to its destination: nothing is left to remove.
+    persisted: bool,
 }
 
 impl TempFile {
+    fn new(path: PathBuf, file: File) -> TempFile {
+        TempFile {
+            path,
+            file: Some(BufWriter::with_capacity(1 << 20, file)),
+            persisted: false,
+        }
+    }
+
     fn persist(&mut self, dest: &Path) -> io::Result<()> {
         let f = self
             .file
             .take()
-            .expect("persist once")
+            .ok_or_else(|| io::Error::other("temporary file closed"))?
             .into_inner()
             .map_err(|e| e.into_error())?;
         f.sync_all()?;
-        fs::rename(&self.path, dest)
+        fs::rename(&self.path, dest)?;
+        self.persisted = true;
+        Ok(())
     }
 }
 
@@ -307,8 +316,66 @@ impl Write for TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        drop(self.file.take());
+        if !self.persisted {
             let _ = fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("narpush-cache-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_failed_rename_leaves_no_temporary_file() {
+        let dir = temp_dir("persist");
+        let cache = Cache::File { dir: dir.clone() };
+        cache.prepare().unwrap();
+        let file_hash = [3u8; 32];
+        // The destination is a non-empty directory: rename(2) must fail.
+        let dest = format!("{}.nar.xz", nixbase32::encode(&file_hash));
+        fs::create_dir_all(dir.join("nar").join(&dest).join("in-the-way")).unwrap();
+        let mut sink = cache.nar_sink(&[1u8; 32], ".xz", 5).unwrap();
+        sink.write_all(b"hello").unwrap();
+        let e = sink.finish(&file_hash).unwrap_err().to_string();
+        assert!(
+            e.starts_with(&format!("write {}", dir.join("nar").join(&dest).display())),
+            "{e}"
+        );
+        assert_eq!(names(&dir.join("nar")), [dest]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_persisted_file_is_kept_and_an_aborted_one_removed() {
+        let dir = temp_dir("persist-ok");
+        let cache = Cache::File { dir: dir.clone() };
+        cache.prepare().unwrap();
+        let mut sink = cache.nar_sink(&[1u8; 32], "", 5).unwrap();
+        sink.write_all(b"hello").unwrap();
+        let key = sink.finish(&[4u8; 32]).unwrap();
+        assert_eq!(fs::read(dir.join(&key)).unwrap(), b"hello");
+        let mut sink = cache.nar_sink(&[1u8; 32], "", 5).unwrap();
+        sink.write_all(b"bye").unwrap();
+        sink.abort();
+        assert_eq!(names(&dir.join("nar")), [key.strip_prefix("nar/").unwrap()]);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -1,53 +1,18 @@
-//! Standard base64 (with padding, as Nix keys and signatures use) and lowercase hex.
-//! Small enough to own rather than depend on.
+//! Standard base64 (with padding, as Nix keys and signatures use) through the
+//! `base64` crate, and lowercase hex (small enough to own).
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
 
 /// Base64-encode with `=` padding.
 pub fn base64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    STANDARD.encode(data)
 }
 
-/// Strict base64 decoding: the standard alphabet, length a multiple of 4, padding
-/// only at the end. `None` on anything else.
+/// Strict base64 decoding: the standard alphabet, canonical `=` padding only at the
+/// end, no stray bits in the last character. `None` on anything else.
 pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let s = s.as_bytes();
-    if !s.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(s.len() / 4 * 3);
-    for (ci, chunk) in s.chunks(4).enumerate() {
-        let last = ci == s.len() / 4 - 1;
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            let v = B64.iter().position(|&a| a == c)? as u32;
-            n = (n << 6) | v;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
+    STANDARD.decode(s).ok()
 }
 
 /// Lowercase hex.
@@ -93,6 +58,8 @@ mod tests {
         assert!(base64_decode("Zg=").is_none());
         assert!(base64_decode("Zg==Zg==").is_none());
         assert!(base64_decode("Z!==").is_none());
+        assert!(base64_decode("Zg").is_none());
+        assert!(base64_decode("Zh==").is_none());
     }
 
     #[test]

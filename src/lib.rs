@@ -13,7 +13,6 @@ pub mod dump;
 pub mod encoding;
 pub mod error;
 pub mod hashing;
-pub mod json;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

@@ -38,6 +38,11 @@ impl<W: Write> NarEncoder<W> {
         Ok(enc)
     }
 
+    /// The sink (e.g. to ask it whether it was the side that failed).
+    pub fn get_ref(&self) -> &W {
+        &self.w
+    }
+
     fn token(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.w.write_all(&(bytes.len() as u64).to_le_bytes())?;
         self.w.write_all(bytes)?;

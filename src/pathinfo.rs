@@ -18,9 +18,9 @@ use std::process::{Command, Stdio};
 
 use crate::encoding::{base64_decode, hex_decode};
 use crate::error::{Error, Result};
-use crate::json::{self, Value};
 use crate::nixbase32;
 use crate::store_path::{StorePath, DEFAULT_STORE_DIR};
+use serde_json::{Map, Value};
 
 /// Most paths passed to one child process, to stay well under `ARG_MAX`
 /// (1000 store paths are about 80 KB of arguments).
@@ -101,6 +101,24 @@ pub fn parse_hash_any(s: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
+/// The member `key` of an object, a `null` counting as absent (Nix 2.23+ writes
+/// `null` for fields older versions leave out); `None` for a non-object too.
+fn get_non_null<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.get(key).filter(|m| !m.is_null())
+}
+
+/// A short name of the kind of a JSON value, for error messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// A store path in path-info JSON: full (`/nix/store/…`, up to 2.33 v1) or a base
 /// name (v2 and later).
 fn parse_json_path(s: &str, store_dir: &str) -> Result<StorePath, String> {
@@ -153,15 +171,15 @@ fn hash_value(v: &Value) -> Option<(String, Vec<u8>)> {
 /// One path-info object (any version) into a [`PathInfo`] for `path`.
 fn info_from_object(path: StorePath, v: &Value, store_dir: &str) -> Result<PathInfo, String> {
     if !matches!(v, Value::Object(_)) {
-        return Err(format!("expected an object, found {}", v.kind()));
+        return Err(format!("expected an object, found {}", kind(v)));
     }
-    if let Some(ver) = v.get_non_null("version") {
+    if let Some(ver) = get_non_null(v, "version") {
         check_version(ver)?;
     }
-    if let Some(sd) = v.get_non_null("storeDir").and_then(Value::as_str) {
+    if let Some(sd) = get_non_null(v, "storeDir").and_then(Value::as_str) {
         check_store_dir(sd, store_dir)?;
     }
-    let nar_hash = match v.get_non_null("narHash").ok_or("no \"narHash\"")? {
+    let nar_hash = match get_non_null(v, "narHash").ok_or("no \"narHash\"")? {
         Value::String(s) => parse_hash_any(s),
         other => match hash_value(other) {
             Some((a, b)) if a == "sha256" => b.try_into().ok(),
@@ -169,20 +187,19 @@ fn info_from_object(path: StorePath, v: &Value, store_dir: &str) -> Result<PathI
         },
     }
     .ok_or("\"narHash\" is not a SHA-256 hash")?;
-    let nar_size = v
-        .get_non_null("narSize")
+    let nar_size = get_non_null(v, "narSize")
         .ok_or("no \"narSize\"")?
         .as_u64()
         .ok_or("\"narSize\" is not a non-negative integer")?;
     let mut references = Vec::new();
-    if let Some(refs) = v.get_non_null("references") {
+    if let Some(refs) = get_non_null(v, "references") {
         for r in refs.as_array().ok_or("\"references\" is not an array")? {
             let s = r.as_str().ok_or("a reference is not a string")?;
             references.push(parse_json_path(s, store_dir)?);
         }
     }
     references.sort();
-    let deriver = match v.get_non_null("deriver") {
+    let deriver = match get_non_null(v, "deriver") {
         None => None,
         Some(d) => Some(parse_json_path(
             d.as_str().ok_or("\"deriver\" is not a string")?,
@@ -190,7 +207,7 @@ fn info_from_object(path: StorePath, v: &Value, store_dir: &str) -> Result<PathI
         )?),
     };
     let mut sigs = Vec::new();
-    if let Some(list) = v.get_non_null("signatures") {
+    if let Some(list) = get_non_null(v, "signatures") {
         for s in list.as_array().ok_or("\"signatures\" is not an array")? {
             match s {
                 Value::String(s) => sigs.push(s.clone()),
@@ -202,18 +219,18 @@ fn info_from_object(path: StorePath, v: &Value, store_dir: &str) -> Result<PathI
                         _ => return Err("a signature object lacks \"keyName\" or \"sig\"".into()),
                     }
                 }
-                other => return Err(format!("a signature is {}", other.kind())),
+                other => return Err(format!("a signature is {}", kind(other))),
             }
         }
     }
-    let ca = match v.get_non_null("ca") {
+    let ca = match get_non_null(v, "ca") {
         None => None,
         Some(Value::String(s)) if s.is_empty() => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(o @ Value::Object(_)) => Some(ca_from_object(o)?),
-        Some(other) => return Err(format!("\"ca\" is {}", other.kind())),
+        Some(other) => return Err(format!("\"ca\" is {}", kind(other))),
     };
-    let ultimate = match v.get_non_null("ultimate") {
+    let ultimate = match get_non_null(v, "ultimate") {
         None => false,
         Some(u) => u.as_bool().ok_or("\"ultimate\" is not a boolean")?,
     };
@@ -236,8 +253,8 @@ fn check_version(v: &Value) -> Result<(), String> {
             "JSON format version {} is newer than narpush understands (1 to {MAX_JSON_VERSION}); \
              upgrade narpush",
             match v {
-                Value::Number(n) => n.as_str(),
-                _ => "?",
+                Value::Number(n) => n.to_string(),
+                _ => "?".to_string(),
             }
         )),
     }
@@ -261,7 +278,9 @@ pub fn parse_path_info_json(
     store_dir: &str,
 ) -> Result<(Vec<PathInfo>, Vec<String>), Error> {
     let fail = |m: String| Error::Nix(format!("cannot read `nix path-info --json` output: {m}"));
-    let doc = json::parse(text).map_err(|e| fail(e.to_string()))?;
+    // Nix writes objects with sorted keys (nlohmann::json's std::map), so serde_json's
+    // sorted map keeps Nix's order.
+    let doc: Value = serde_json::from_str(text).map_err(|e| fail(format!("invalid JSON: {e}")))?;
     let mut infos = Vec::new();
     let mut invalid = Vec::new();
     match &doc {
@@ -285,10 +304,10 @@ pub fn parse_path_info_json(
         }
         // 2.33+ --json-format 2/3: {"version": n, "storeDir": …, "info": {<base>: …}}
         Value::Object(_) if doc.get("info").is_some() => {
-            if let Some(ver) = doc.get_non_null("version") {
+            if let Some(ver) = get_non_null(&doc, "version") {
                 check_version(ver).map_err(fail)?;
             }
-            if let Some(sd) = doc.get_non_null("storeDir").and_then(Value::as_str) {
+            if let Some(sd) = get_non_null(&doc, "storeDir").and_then(Value::as_str) {
                 check_store_dir(sd, store_dir).map_err(fail)?;
             }
             let info = doc
@@ -304,7 +323,7 @@ pub fn parse_path_info_json(
         other => {
             return Err(fail(format!(
                 "expected an array or an object, found {}",
-                other.kind()
+                kind(other)
             )))
         }
     }
@@ -312,7 +331,7 @@ pub fn parse_path_info_json(
 }
 
 fn keyed(
-    members: &[(String, Value)],
+    members: &Map<String, Value>,
     store_dir: &str,
     infos: &mut Vec<PathInfo>,
     invalid: &mut Vec<String>,
@@ -846,7 +865,10 @@ mod tests {
         assert_eq!(parse_path_info_json("[]", S).unwrap().0.len(), 0);
         assert_eq!(parse_path_info_json("{}", S).unwrap().0.len(), 0);
         let e = parse_path_info_json("[1,", S).unwrap_err().to_string();
-        assert!(e.contains("invalid JSON at byte 3"), "{e}");
+        assert!(
+            e.contains("invalid JSON: EOF while parsing a value at line 1 column 3"),
+            "{e}"
+        );
         let e = parse_path_info_json("\"x\"", S).unwrap_err().to_string();
         assert!(e.contains("expected an array or an object"), "{e}");
         let e = parse_path_info_json(r#"{"version":9,"storeDir":"/nix/store","info":{}}"#, S)
@@ -882,6 +904,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(i[0].nar_size, (1 << 63) + 1);
+        let size = |n: &str| {
+            parse_path_info_json(
+                &format!(
+                    r#"[{{"path":"{S}/{A}","narHash":"{}","narSize":{n}}}]"#,
+                    "0".repeat(64)
+                ),
+                S,
+            )
+            .map(|(i, _)| i[0].nar_size)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(size("18446744073709551615"), Ok(u64::MAX));
+        for bad in ["18446744073709551616", "1.0", "1e3"] {
+            let e = size(bad).unwrap_err();
+            assert!(
+                e.contains("\"narSize\" is not a non-negative integer"),
+                "{bad}: {e}"
+            );
+        }
+        let e = parse_path_info_json("[] x", S).unwrap_err().to_string();
+        assert!(e.contains("invalid JSON: trailing characters"), "{e}");
         assert_eq!(i[0].references, [sp(D), sp(B)]);
         let e = parse_path_info_json(&format!(r#"{{"/gnu/store/{A}":null}}"#), S).unwrap_err();
         assert!(e.to_string().contains("not in the Nix store"), "{e}");
@@ -889,7 +932,7 @@ mod tests {
 
     #[test]
     fn structured_hash_objects() {
-        let v = |h: &str| json::parse(h).unwrap();
+        let v = |h: &str| serde_json::from_str::<Value>(h).unwrap();
         let want = hex32("6c2e60b3f50e5871c63cfe8521182e8c3a14f00d161d6edb85d4cd68d516cdd3");
         for h in [
             r#"{"algorithm":"sha256","format":"base64","hash":"bC5gs/UOWHHGPP6FIRgujDoU8A0WHW7bhdTNaNUWzdM="}"#,

@@ -571,3 +571,215 @@ fn run_ordered<'a>(
         })
         .collect()
 }
+
+#[cfg(test)]
+mod scheduler_tests {
+    //! The ordering scheduler on its own: no Nix, no cache, paths made up.
+    use super::*;
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Run `f` on its own thread and fail (instead of hanging) if it takes longer
+    /// than a loaded CI machine could need.
+    fn within_deadline<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> R {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(f()));
+        rx.recv_timeout(Duration::from_secs(120))
+            .expect("the scheduler stalled (or panicked)")
+    }
+
+    fn path(i: usize) -> StorePath {
+        StorePath::from_base_name(&format!("{i:0>32}-p{i}")).unwrap()
+    }
+
+    /// Path `i` referring to paths `refs` (and to itself, as many real paths do).
+    fn info(i: usize, refs: &[usize]) -> PathInfo {
+        let mut references: Vec<StorePath> = refs.iter().map(|&r| path(r)).collect();
+        references.push(path(i));
+        references.sort();
+        PathInfo {
+            path: path(i),
+            nar_hash: [0; 32],
+            nar_size: (i as u64 * 7919) % 1000,
+            references,
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+            ultimate: false,
+        }
+    }
+
+    fn index(p: &PathInfo) -> usize {
+        p.path.name()[1..].parse().unwrap()
+    }
+
+    fn failed_text(o: &Outcome) -> Option<String> {
+        match o {
+            Outcome::Failed(e) => Some(e.to_string()),
+            _ => None,
+        }
+    }
+
+    /// A deterministic DAG of `n` paths: each refers to up to three earlier ones.
+    fn dag(n: usize) -> Vec<PathInfo> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..n)
+            .map(|i| {
+                let mut refs = Vec::new();
+                for _ in 0..3 {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    if i > 0 && !x.is_multiple_of(3) {
+                        refs.push((x as usize) % i);
+                    }
+                }
+                info(i, &refs)
+            })
+            .collect()
+    }
+
+    /// Runs `run_ordered` over `infos` (given in reverse, so references come last),
+    /// checking that no path starts before all its references finished and that
+    /// `work` runs once per path; `fails` are the paths whose work fails.
+    fn run(infos: Vec<PathInfo>, jobs: usize, fails: &'static [usize]) -> Vec<(usize, Outcome)> {
+        within_deadline(move || {
+            let items: Vec<&PathInfo> = infos.iter().rev().collect();
+            let done: Mutex<HashSet<usize>> = Mutex::default();
+            let calls: Vec<AtomicUsize> = (0..infos.len()).map(|_| AtomicUsize::new(0)).collect();
+            let outcomes = run_ordered(
+                &items,
+                jobs,
+                |p| {
+                    let i = index(p);
+                    assert_eq!(calls[i].fetch_add(1, Ordering::SeqCst), 0, "path {i} twice");
+                    {
+                        let done = done.lock().unwrap();
+                        for r in p.references.iter().filter(|r| **r != p.path) {
+                            let r = infos.iter().position(|q| q.path == *r).unwrap();
+                            assert!(
+                                done.contains(&r),
+                                "path {i} started before its reference {r}"
+                            );
+                        }
+                    }
+                    std::thread::yield_now();
+                    if fails.contains(&i) {
+                        return Outcome::Failed(Error::Other(format!("path {i} broke")));
+                    }
+                    done.lock().unwrap().insert(i);
+                    Outcome::Present
+                },
+                |p, r| {
+                    Outcome::Failed(Error::Other(format!(
+                        "path {} not pushed: needs path {}",
+                        index(p),
+                        index(r)
+                    )))
+                },
+            );
+            assert_eq!(outcomes.len(), items.len());
+            items.iter().map(|p| index(p)).zip(outcomes).collect()
+        })
+    }
+
+    #[test]
+    fn a_path_never_starts_before_its_references_and_each_runs_once() {
+        for jobs in [1, 2, 4, 16] {
+            let got = run(dag(60), jobs, &[]);
+            // Results come in input order (reversed here), every one a success.
+            let order: Vec<usize> = got.iter().map(|(i, _)| *i).collect();
+            assert_eq!(order, (0..60).rev().collect::<Vec<_>>());
+            for (i, o) in &got {
+                assert!(
+                    matches!(o, Outcome::Present),
+                    "jobs {jobs}, path {i}: {o:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failure_fails_its_dependents_only_and_stalls_nothing() {
+        // 0 <- 1 <- 2 (a chain), 3 and 4 independent, 5 needs 4 and 2.
+        let infos = vec![
+            info(0, &[]),
+            info(1, &[0]),
+            info(2, &[1]),
+            info(3, &[]),
+            info(4, &[]),
+            info(5, &[4, 2]),
+        ];
+        for jobs in [1, 3] {
+            let got: HashMap<usize, Outcome> = run(infos.clone(), jobs, &[0]).into_iter().collect();
+            assert_eq!(failed_text(&got[&0]).unwrap(), "path 0 broke");
+            assert_eq!(
+                failed_text(&got[&1]).unwrap(),
+                "path 1 not pushed: needs path 0"
+            );
+            // Transitively, naming the reference that could not be pushed.
+            assert_eq!(
+                failed_text(&got[&2]).unwrap(),
+                "path 2 not pushed: needs path 1"
+            );
+            assert_eq!(
+                failed_text(&got[&5]).unwrap(),
+                "path 5 not pushed: needs path 2"
+            );
+            for i in [3, 4] {
+                assert!(matches!(got[&i], Outcome::Present), "{i}: {:?}", got[&i]);
+            }
+        }
+    }
+
+    #[test]
+    fn failures_inside_a_large_graph_leave_every_other_path_done() {
+        let infos = dag(80);
+        let got = run(infos.clone(), 4, &[3, 40]);
+        // A path fails exactly when it, or something it needs, failed.
+        let mut bad: HashSet<usize> = HashSet::new();
+        for (i, p) in infos.iter().enumerate() {
+            let needs_bad = p
+                .references
+                .iter()
+                .filter(|r| **r != p.path)
+                .any(|r| bad.contains(&infos.iter().position(|q| q.path == *r).unwrap()));
+            if [3, 40].contains(&i) || needs_bad {
+                bad.insert(i);
+            }
+        }
+        assert!(
+            bad.len() < infos.len(),
+            "the graph makes every path depend on 3"
+        );
+        for (i, o) in &got {
+            assert_eq!(failed_text(o).is_some(), bad.contains(i), "path {i}: {o:?}");
+        }
+    }
+
+    #[test]
+    fn a_reference_cycle_is_reported_not_waited_on() {
+        let infos = vec![info(0, &[1]), info(1, &[0]), info(2, &[])];
+        let got: HashMap<usize, Outcome> = run(infos, 2, &[]).into_iter().collect();
+        for i in [0, 1] {
+            assert!(failed_text(&got[&i]).unwrap().contains("reference cycle"));
+        }
+        assert!(matches!(got[&2], Outcome::Present));
+    }
+
+    #[test]
+    fn parallel_map_runs_each_item_once_and_keeps_the_order() {
+        for threads in [0, 1, 3, 64] {
+            let items: Vec<usize> = (0..100).collect();
+            let calls: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+            let out = parallel_map(&items, threads, |&i| {
+                calls[i].fetch_add(1, Ordering::SeqCst);
+                i * 2
+            });
+            assert_eq!(out, (0..100).map(|i| i * 2).collect::<Vec<_>>());
+            assert!(calls.iter().all(|c| c.load(Ordering::SeqCst) == 1));
+        }
+        let none: Vec<u8> = Vec::new();
+        assert!(parallel_map(&none, 4, |_| 1).is_empty());
+    }
+}

@@ -983,6 +983,31 @@ impl Client {
     }
 }
 
+/// Whether rustls refused the server's certificate somewhere in this source chain.
+/// An `io::Error`'s `source()` skips the error it wraps, so look inside those too.
+fn untrusted_certificate(mut e: Option<&(dyn std::error::Error + 'static)>) -> bool {
+    while let Some(err) = e {
+        if let Some(r) = err.downcast_ref::<rustls::Error>() {
+            if matches!(
+                r,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            ) {
+                return true;
+            }
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            if untrusted_certificate(Some(inner as &(dyn std::error::Error + 'static))) {
+                return true;
+            }
+        }
+        e = err.source();
+    }
+    false
+}
+
 /// Classify a ureq transport error and phrase it (no URL: the caller names the
 /// endpoint).
 fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
@@ -1006,10 +1031,7 @@ fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
         }
         src = e.source();
     }
-    let all = format!("{}{chain}", t.message().unwrap_or(""));
-    let tls = all.contains("invalid peer certificate")
-        || all.contains("UnknownIssuer")
-        || all.contains("certificate");
+    let tls = untrusted_certificate(t.source());
     let kind = match t.kind() {
         _ if tls => TransportKind::Tls,
         _ if timeout => TransportKind::Timeout,
@@ -1456,6 +1478,33 @@ mod tests {
         };
         assert!(t(TransportKind::Connect) && t(TransportKind::Timeout) && t(TransportKind::Io));
         assert!(!t(TransportKind::Tls) && !t(TransportKind::Dns));
+    }
+
+    #[test]
+    fn tls_failures_are_the_rustls_certificate_error_not_text() {
+        use std::io::{Error as IoError, ErrorKind};
+        let kind =
+            |e: IoError| match transport_kind(&ureq::Error::from(e).into_transport().unwrap()) {
+                S3ErrorKind::Transport { kind, .. } => kind,
+                other => panic!("{other:?}"),
+            };
+        let cert = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(
+            kind(IoError::new(ErrorKind::InvalidData, cert())),
+            TransportKind::Tls
+        );
+        // ureq wraps the stream's io::Error in one of its own.
+        let nested = IoError::other(IoError::new(ErrorKind::InvalidData, cert()));
+        assert_eq!(kind(nested), TransportKind::Tls);
+        // A TLS failure that is not about the certificate, and words that merely
+        // mention one, are not an untrusted certificate.
+        let corrupt = rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType);
+        assert_eq!(
+            kind(IoError::new(ErrorKind::InvalidData, corrupt)),
+            TransportKind::Io
+        );
+        let words = IoError::other("resolve dns name 'certificate.example.com:443'");
+        assert_eq!(kind(words), TransportKind::Io);
     }
 
     #[test]

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::cachecheck::{big_path, check_all, lines_naming, small_paths, Env};
+use common::cachecheck::{big_path, check_all, check_bucket, lines_naming, small_paths, Env};
 use common::nix::{stderr, stdout};
 use common::proxy::{refused_port, s3_error, Action, Proxy, Req};
 use common::s3server::S3Server;
@@ -265,15 +265,9 @@ fn sigkill_mid_upload_then_retry_completes() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut child = c.spawn().unwrap();
-    let t = std::time::Instant::now();
-    while proxy.stalled() == 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(60),
-            "never reached part 2"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "narpush exited early");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let reached = proxy.wait_for(Duration::from_secs(120), |seen| seen.stalled > 0);
+    assert!(child.try_wait().unwrap().is_none(), "narpush exited early");
+    assert!(reached, "never reached part 2");
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The hook wrote its outputs to the pending list before pushing.
@@ -414,4 +408,14 @@ fn sixteen_hooks_at_once_over_a_lossy_link() {
         pending.len()
     );
     assert!(worst < Duration::from_secs(120));
+}
+
+#[test]
+fn the_bucket_check_fails_on_a_bucket_it_cannot_read() {
+    let s = server();
+    assert!(check_bucket(&s, BUCKET).is_empty());
+    let r = std::panic::catch_unwind(|| check_bucket(&s, "never-created"));
+    let msg = r.expect_err("a bucket that cannot be read passed as empty");
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("cannot read bucket directory"), "{msg}");
 }

@@ -88,18 +88,26 @@ impl Secrets {
         }
     }
 
+    /// Every file under `dir`; a directory or file it cannot read fails the test
+    /// (an unread file cannot be said to hold no secret).
     fn check_tree(&self, dir: &Path, inputs: &[&Path]) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
-            return;
-        };
+        let entries = std::fs::read_dir(dir).unwrap_or_else(|e| {
+            panic!("secrets scan: cannot read directory {}: {e}", dir.display())
+        });
         for e in entries {
-            let p = e.unwrap().path();
+            let e = e.unwrap_or_else(|e| panic!("secrets scan: reading {}: {e}", dir.display()));
+            let p = e.path();
             if inputs.contains(&p.as_path()) {
                 continue;
             }
-            if p.is_dir() {
+            let ft = e
+                .file_type()
+                .unwrap_or_else(|e| panic!("secrets scan: stat {}: {e}", p.display()));
+            if ft.is_dir() {
                 self.check_tree(&p, inputs);
-            } else if let Ok(bytes) = std::fs::read(&p) {
+            } else {
+                let bytes = std::fs::read(&p)
+                    .unwrap_or_else(|e| panic!("secrets scan: cannot read {}: {e}", p.display()));
                 self.assert_absent(&p.display().to_string(), &String::from_utf8_lossy(&bytes));
             }
         }
@@ -318,4 +326,20 @@ fn tls_verification_cannot_be_turned_off_by_the_environment() {
     let out = nix::run(&mut c);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(env.pending().is_empty());
+}
+
+#[test]
+fn the_scan_fails_on_a_directory_it_cannot_read() {
+    let secrets = Secrets {
+        needles: vec!["never-there".into()],
+    };
+    let dir = temp_dir("secrets-scan");
+    std::fs::write(dir.join("file"), "nothing secret").unwrap();
+    secrets.check_tree(&dir, &[]);
+    let missing = dir.join("missing");
+    let r = std::panic::catch_unwind(|| secrets.check_tree(&missing, &[]));
+    let msg = r.expect_err("a directory that cannot be read passed the scan");
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(msg.contains("cannot read directory"), "{msg}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -115,7 +115,13 @@ pub fn timed(c: &mut Command) -> (Output, Duration) {
 
 /// The lines of STATE/pending, asserting there are no duplicates.
 pub fn pending_in(state: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string(state.join("pending")).unwrap_or_default();
+    let file = state.join("pending");
+    let text = match std::fs::read_to_string(&file) {
+        Ok(t) => t,
+        // Nothing was ever pending.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => panic!("cannot read the pending list {}: {e}", file.display()),
+    };
     let lines: Vec<String> = text.lines().map(String::from).collect();
     let set: BTreeSet<&String> = lines.iter().collect();
     assert_eq!(
@@ -130,12 +136,11 @@ pub fn pending_in(state: &Path) -> Vec<String> {
 pub fn check_bucket(server: &S3Server, bucket: &str) -> BTreeSet<String> {
     let dir = server.bucket_dir(bucket);
     let mut have = BTreeSet::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(_) => return have,
-    };
+    // An unreadable (or missing) bucket must fail the check, never read as empty.
+    let entries = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read bucket directory {}: {e}", dir.display()));
     for e in entries {
-        let e = e.unwrap();
+        let e = e.unwrap_or_else(|e| panic!("cannot read bucket directory {}: {e}", dir.display()));
         let name = e.file_name().to_string_lossy().into_owned();
         if !name.ends_with(".narinfo") {
             continue;

@@ -7,18 +7,23 @@
 //!
 //! Bounded: one thread per connection, every socket has a short read timeout so
 //! threads notice `Drop` (stalled connections are released then, or after
-//! `MAX_STALL`), and nothing listens beyond 127.0.0.1.
+//! `MAX_STALL`), and nothing listens beyond 127.0.0.1. No sleeps: the proxy waits
+//! for what the client does (closes, sends more), and tests wait on a condition
+//! variable for what the proxy saw ([`Proxy::wait_for`]), each with a deadline.
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest a stalled connection is held.
 pub const MAX_STALL: Duration = Duration::from_secs(120);
+/// How often a blocked socket read wakes up to see whether the proxy is stopping.
 const POLL: Duration = Duration::from_millis(100);
+/// The longest the proxy waits for a client to take an answer or send more.
+const CLIENT_WAIT: Duration = Duration::from_secs(10);
 
 /// One request as the proxy saw it.
 #[derive(Clone, Debug)]
@@ -67,12 +72,20 @@ pub enum Action {
 
 pub type Rule = dyn Fn(&Req) -> Action + Send + Sync;
 
+/// What the proxy has seen, behind one lock so a test can wait for it to change.
+#[derive(Default)]
+pub struct Seen {
+    pub requests: Vec<Req>,
+    /// Requests stalled so far.
+    pub stalled: usize,
+}
+
 struct Shared {
     upstream: u16,
     rule: Box<Rule>,
-    log: Mutex<Vec<Req>>,
-    /// Requests stalled so far.
-    stalled: AtomicUsize,
+    seen: Mutex<Seen>,
+    /// Notified whenever `seen` changes.
+    changed: Condvar,
     stop: AtomicBool,
     next_conn: AtomicUsize,
 }
@@ -91,8 +104,8 @@ impl Proxy {
         let shared = Arc::new(Shared {
             upstream,
             rule: Box::new(rule),
-            log: Mutex::new(Vec::new()),
-            stalled: AtomicUsize::new(0),
+            seen: Mutex::new(Seen::default()),
+            changed: Condvar::new(),
             stop: AtomicBool::new(false),
             next_conn: AtomicUsize::new(0),
         });
@@ -119,12 +132,24 @@ impl Proxy {
 
     /// Every request seen so far.
     pub fn requests(&self) -> Vec<Req> {
-        self.shared.log.lock().unwrap().clone()
+        self.shared.seen.lock().unwrap().requests.clone()
     }
 
     /// How many requests are being stalled right now (or were).
     pub fn stalled(&self) -> usize {
-        self.shared.stalled.load(Ordering::SeqCst)
+        self.shared.seen.lock().unwrap().stalled
+    }
+
+    /// Wait until `cond` holds for what the proxy has seen, woken by each change;
+    /// false if `timeout` passes first.
+    pub fn wait_for(&self, timeout: Duration, cond: impl Fn(&Seen) -> bool) -> bool {
+        let seen = self.shared.seen.lock().unwrap();
+        let (seen, _) = self
+            .shared
+            .changed
+            .wait_timeout_while(seen, timeout, |s| !cond(s))
+            .unwrap();
+        cond(&seen)
     }
 
     /// `s3://BUCKET?endpoint=127.0.0.1:PORT&scheme=http` plus `extra` (`&k=v…`).
@@ -197,6 +222,34 @@ fn read_head(sh: &Shared, s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Op
     }
 }
 
+/// Read and discard until the client closes (or fails), the proxy stops or `limit`
+/// passes.
+fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) {
+    let start = Instant::now();
+    let mut chunk = [0u8; 64 * 1024];
+    while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < limit {
+        match client.read(&mut chunk) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if is_timeout(&e) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Wait until the client has bytes waiting to be read (or has closed, or failed),
+/// the proxy stops or [`CLIENT_WAIT`] passes; reads nothing.
+fn until_readable(sh: &Shared, client: &TcpStream) {
+    let start = Instant::now();
+    let mut probe = [0u8; 1];
+    while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < CLIENT_WAIT {
+        match client.peek(&mut probe) {
+            Err(e) if is_timeout(&e) => {}
+            _ => return,
+        }
+    }
+}
+
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
@@ -248,9 +301,9 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
             .and_then(|(_, v)| v.trim().parse().ok())
             .unwrap_or(0u64);
         let req = {
-            let mut log = sh.log.lock().unwrap();
+            let mut seen = sh.seen.lock().unwrap();
             let r = Req {
-                index: log.len(),
+                index: seen.requests.len(),
                 conn,
                 method,
                 target,
@@ -258,7 +311,8 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
                 head: head.clone(),
                 at: Instant::now(),
             };
-            log.push(r.clone());
+            seen.requests.push(r.clone());
+            sh.changed.notify_all();
             r
         };
         let action = (sh.rule)(&req);
@@ -278,23 +332,16 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
                 }
                 let _ = client.write_all(raw.as_bytes());
                 let _ = client.shutdown(Shutdown::Write);
-                // Let the client read the answer before the socket goes away.
-                std::thread::sleep(POLL);
+                // Keep the socket until the client has read the answer and closed
+                // its side (closing first could reset the answer away).
+                until_closed(sh, &mut client, CLIENT_WAIT);
                 return Ok(());
             }
             Action::Close => return Ok(()),
             Action::Stall => {
-                sh.stalled.fetch_add(1, Ordering::SeqCst);
-                let start = Instant::now();
-                let mut chunk = [0u8; 64 * 1024];
-                while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < MAX_STALL {
-                    match client.read(&mut chunk) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) if is_timeout(&e) => {}
-                        Err(_) => break,
-                    }
-                }
+                sh.seen.lock().unwrap().stalled += 1;
+                sh.changed.notify_all();
+                until_closed(sh, &mut client, MAX_STALL);
                 return Ok(());
             }
             Action::Forward | Action::ResetAfter(_) => {}
@@ -343,8 +390,12 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
             }
         }
         if let Action::ResetAfter(_) = action {
-            // Unread bytes in the receive buffer make close() send a RST.
-            std::thread::sleep(Duration::from_millis(20));
+            // Unread bytes in the receive buffer make close() send a RST: when the
+            // client still has body bytes to send, wait until some have arrived.
+            let owed = content_length - limit;
+            if owed > leftover.len() as u64 {
+                until_readable(sh, &client);
+            }
             let _ = up.shutdown(Shutdown::Both);
             drop(client);
             return Ok(());
