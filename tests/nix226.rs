@@ -5,7 +5,8 @@
 //! `file://` cache and to the real S3 server on 127.0.0.1 (the chroot shares the
 //! host's network), runs as 2.26's post-build-hook (2.26 passes a non-empty
 //! `OUT_PATHS`), and 2.26 substitutes the result into a fresh store with signatures
-//! required and only narpush's key trusted.
+//! required and only narpush's key trusted. Also: 2.26's real `nix path-info --json`
+//! (the fixture `tests/fixtures/path-info/nix-2.26.json`) reads as 2.8's does.
 
 mod common;
 
@@ -13,6 +14,9 @@ use common::cache::{check_invariants, check_upload_order, in_root, narinfos};
 use common::nix::{build_with, graph_expr, nix_keypair, nonce, realise_with, stderr, stdout};
 use common::nix226;
 use common::s3server::{temp_dir, S3Server};
+use narpush::narinfo::fingerprint;
+use narpush::pathinfo::{parse_path_info_json, PathInfo};
+use narpush::signing::PublicKey;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -210,4 +214,59 @@ fn nix226_nix_build_runs_narpush_as_post_build_hook_with_out_paths() {
     );
     let http = common::nix::HttpServer::serve(&bucket);
     substitute_226(&http.url(), &top, &closure, &public);
+}
+
+/// The key `gen.sh` made when it wrote `nix-2.26.json` (README in that folder).
+const FIXTURE_226_KEY: &str = "narpush-fixture-1:32NNzO/3YkQUhgdLjrGlOJXfXUY2FWffOQyKOv/kj+g=";
+
+fn path_info_fixture(name: &str) -> (Vec<PathInfo>, Vec<String>) {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/path-info")
+        .join(name);
+    let text = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+    parse_path_info_json(&text, "/nix/store").unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+/// Real `nix path-info --json` of 2.26 (made by `gen.sh` in the chroot) reads as the
+/// same paths as real 2.8's, field for field; only the signature differs (another
+/// key), and it verifies with that key over the fingerprint narpush computes.
+#[test]
+fn nix_2_26_path_info_json_fixture_reads_as_2_8s() {
+    let (mut infos_226, invalid_226) = path_info_fixture("nix-2.26.json");
+    let (mut infos_28, invalid_28) = path_info_fixture("nix-2.8.json");
+    assert_eq!(invalid_226, invalid_28);
+    assert_eq!(
+        invalid_226,
+        ["/nix/store/00000000000000000000000000000000-narpush-invalid"]
+    );
+    // 2.8 lists paths in argument order, 2.26 keyed and sorted by path.
+    infos_226.sort_by(|a, b| a.path.cmp(&b.path));
+    infos_28.sort_by(|a, b| a.path.cmp(&b.path));
+    assert_eq!(infos_226.len(), 3);
+    let key = PublicKey::parse(FIXTURE_226_KEY).unwrap();
+    let mut signed = 0;
+    for (new, old) in infos_226.iter_mut().zip(&infos_28) {
+        assert_eq!(new.sigs.len(), old.sigs.len(), "{:?}", new.path);
+        for sig in std::mem::take(&mut new.sigs) {
+            let refs: Vec<String> = new
+                .references
+                .iter()
+                .map(|r| r.to_full("/nix/store"))
+                .collect();
+            let fp = fingerprint(
+                &new.path.to_full("/nix/store"),
+                &new.nar_hash,
+                new.nar_size,
+                &refs,
+            );
+            assert!(key.verify(fp.as_bytes(), &sig), "{sig} over {fp}");
+            signed += 1;
+        }
+        let old = PathInfo {
+            sigs: vec![],
+            ..old.clone()
+        };
+        assert_eq!(*new, old);
+    }
+    assert_eq!(signed, 1, "the refdemo path carries one signature");
 }
