@@ -116,14 +116,22 @@ fn readme_builder_configuration_evaluates_with_no_failed_assertion() {
     assert_eq!(eval_ok(&lib, &builder, "failedAssertions"), "");
     let report = eval_ok(&lib, &builder, "report");
     let exe = "/nix/store/00000000000000000000000000000000-narpush-0.1.0/bin/narpush";
-    for want in [
-        format!("\"post-build-hook\":\"{exe}\""),
-        format!("\"ExecStart\":\"{exe} retry\""),
-        "\"d /var/lib/narpush 0700 root root -\"".to_string(),
-        "\"narpush-retry\":{".to_string(),
-        "\"OnUnitActiveSec\":\"15min\"".to_string(),
-    ] {
-        assert!(report.contains(&want), "no {want} in {report}");
+    assert_has_all(
+        &report,
+        &[
+            &format!("\"post-build-hook\":\"{exe}\""),
+            &format!("\"ExecStart\":\"{exe} retry\""),
+            "\"d /var/lib/narpush 0700 root root -\"",
+            "\"narpush-retry\":{",
+            "\"OnUnitActiveSec\":\"15min\"",
+        ],
+    );
+}
+
+/// The eval report (JSON text) contains each of `wants` verbatim.
+fn assert_has_all(report: &str, wants: &[&str]) {
+    for want in wants {
+        assert!(report.contains(want), "no {want} in {report}");
     }
 }
 
@@ -141,13 +149,14 @@ fn readme_client_configuration_adds_the_substituter_and_its_key() {
         "a reader has no narpush.toml"
     );
     let report = eval_ok(&lib, &client, "report");
-    for want in [
-        "\"extra-substituters\":[\"https://s3.homelab.local/nix-cache\"]",
-        "\"extra-trusted-public-keys\":[\"nixbuilder-1:…\"]",
-        "\"services\":{}",
-    ] {
-        assert!(report.contains(want), "no {want} in {report}");
-    }
+    assert_has_all(
+        &report,
+        &[
+            "\"extra-substituters\":[\"https://s3.homelab.local/nix-cache\"]",
+            "\"extra-trusted-public-keys\":[\"nixbuilder-1:…\"]",
+            "\"services\":{}",
+        ],
+    );
     // A URL without a key: Nix would refuse every path, so the module refuses.
     let failed = eval_ok(
         &lib,
