@@ -23,8 +23,14 @@ cd "$(dirname "$0")/.."
 # Bump when the recipe below changes: a chroot with another marker is made again.
 RECIPE=1
 SUITE=trixie
-# The mirror apt uses on this (Debian) machine; NARPUSH_DEBIAN_MIRROR overrides it.
-MIRROR=${NARPUSH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# The Debian mirror apt uses on this machine (its first .../debian URI in
+# /etc/apt/sources.list*), else deb.debian.org; NARPUSH_DEBIAN_MIRROR overrides it.
+host_mirror() {
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list 2>/dev/null \
+    | grep -Eo 'https?://[^ ]+/debian/?( |$)' | head -n 1 | tr -d ' ' || true
+}
+MIRROR=${NARPUSH_DEBIAN_MIRROR:-$(host_mirror)}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
 DIR=${NARPUSH_NIX226:-$PWD/.tools/nix-2.26}
 ROOT=$DIR/root
 MARKER=$DIR/ready
