@@ -52,7 +52,10 @@ run_in() {
       mkdir -p "$root$d"
       mount --rbind "$d" "$root$d"
     done
-    exec chroot "$root" /usr/bin/env HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
+    # The host'"'"'s Nix settings name host paths; the chroot'"'"'s Nix uses its own.
+    exec chroot "$root" /usr/bin/env -u NIX_REMOTE -u NIX_CONF_DIR -u NIX_USER_CONF_FILES \
+      -u NIX_STORE_DIR -u NIX_STATE_DIR -u NIX_LOG_DIR -u NIX_PATH \
+      HOME=/root PATH=/usr/sbin:/usr/bin:/sbin:/bin "$@"
   ' nix226-run "$root" "$tmp" "${NARPUSH_NIX226_BIND:-}" "$@"
 }
 
