@@ -8,7 +8,7 @@ export NARPUSH_S3S_FS ?= $(CURDIR)/.tools/bin/s3s-fs
 # Where cargo puts its output (CARGO_TARGET_DIR when set, as cargo does).
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),target)
 
-.PHONY: all build release deps demo test lint unit check-nix cross test-cross bench install uninstall clean
+.PHONY: all build release deps nix226 demo test lint unit check-nix cross test-cross bench install uninstall clean
 
 all: build
 
@@ -18,10 +18,14 @@ build:
 deps:
 	bash scripts/deps.sh
 
+# Debian 13's Nix 2.26 in a chroot under .tools (tests/nix226.rs); made once, reused.
+nix226: deps
+	bash scripts/nix226.sh
+
 demo: deps build
 	bash scripts/demo.sh
 
-test: deps lint check-nix
+test: deps nix226 lint check-nix
 	$(CARGO) test --all-targets -- --test-threads=4
 	$(MAKE) test-cross
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install what narpush's tests and demo need, idempotently, on a Debian machine:
 # Nix (Debian's nix-bin) when `nix` is missing, stunnel4 and openssl for the TLS test,
-# qemu-user and the aarch64 cross compiler for the Raspberry Pi build, and the S3
-# server s3s-fs (from crates.io) into the project-local .tools directory.
+# qemu-user and the aarch64 cross compiler for the Raspberry Pi build, debootstrap
+# for the Nix 2.26 chroot (scripts/nix226.sh), and the S3 server s3s-fs (from
+# crates.io) into the project-local .tools directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,7 @@ command -v nix-store >/dev/null 2>&1 || need_pkgs+=(nix-bin)
 command -v stunnel4 >/dev/null 2>&1 || command -v stunnel >/dev/null 2>&1 || need_pkgs+=(stunnel4)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v python3 >/dev/null 2>&1 || need_pkgs+=(python3)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need_pkgs+=(debootstrap)
 if [ "${NARPUSH_SKIP_CROSS:-}" != 1 ]; then
   command -v qemu-aarch64 >/dev/null 2>&1 || need_pkgs+=(qemu-user)
   command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need_pkgs+=(gcc-aarch64-linux-gnu)

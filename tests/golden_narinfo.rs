@@ -2,13 +2,16 @@
 //! `nix store sign` with the same key: NarHash, NarSize, References, Deriver, CA and
 //! the `Sig:` line must be identical (Ed25519 is deterministic, so the signature is
 //! byte-identical), for a `nix-store --add` path and for every output of a built
-//! two-output derivation with references.
+//! two-output derivation with references; and the same against Nix 2.26's `nix copy`
+//! in its chroot (`scripts/nix226.sh`), for outputs 2.26 built.
 mod common;
 
-use common::nix::{build, graph_expr, narpush, nix, nix_keypair, nonce, ok};
+use common::nix::{build, build_with, graph_expr, narpush, nix, nix_keypair, nonce, ok};
+use common::nix226;
 use common::s3server::temp_dir;
 use narpush::narinfo::NarInfo;
 use std::path::Path;
+use std::process::Command;
 
 fn narinfo_of(cache: &Path, path: &str) -> NarInfo {
     let hash = &path.rsplit('/').next().unwrap()[..32];
@@ -19,6 +22,17 @@ fn narinfo_of(cache: &Path, path: &str) -> NarInfo {
 }
 
 fn compare(paths: &[String], dir: &Path, compression: &str) {
+    compare_with(narpush, nix, paths, dir, compression);
+}
+
+/// [`compare`] with the given narpush and nix commands (the host's, or 2.26's chroot).
+fn compare_with(
+    narpush: fn() -> Command,
+    nix: fn() -> Command,
+    paths: &[String],
+    dir: &Path,
+    compression: &str,
+) {
     let (sec, _pk) = nix_keypair(dir, &format!("golden-{compression}-1"));
     let ours = dir.join("ours");
     let theirs = dir.join("theirs");
@@ -85,4 +99,26 @@ fn uncompressed_nar_files_are_identical_to_nix_copy() {
     let tag = nonce("golden-none");
     let paths = build(&dir, &graph_expr(&tag), "top", &[], &[]);
     compare(&paths, &dir, "none");
+}
+
+#[test]
+fn nix226_built_outputs_match_nix226_copy() {
+    let dir = temp_dir("golden-narinfo-226");
+    let tag = nonce("golden-226");
+    let build_226 = |attr: &str| {
+        build_with(
+            nix226::cmd("nix-build"),
+            &dir,
+            &graph_expr(&tag),
+            attr,
+            &[],
+            &[],
+        )
+    };
+    let mut paths = build_226("app");
+    paths.extend(build_226("app.doc"));
+    paths.extend(build_226("top"));
+    paths.extend(build_226("dep"));
+    assert_eq!(paths.len(), 4, "{paths:?}");
+    compare_with(nix226::narpush, nix226::nix, &paths, &dir, "zstd");
 }

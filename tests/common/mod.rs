@@ -1,6 +1,7 @@
 pub mod cache;
 pub mod cachecheck;
 pub mod nix;
+pub mod nix226;
 pub mod proxy;
 pub mod s3server;
 pub mod tlsutil;

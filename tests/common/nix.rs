@@ -55,6 +55,12 @@ pub fn nix() -> Command {
 /// The narpush binary under test, with a clean environment for its knobs.
 pub fn narpush() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_narpush"));
+    narpush_env(&mut c);
+    c
+}
+
+/// Clear narpush's knobs from a command's environment (no config file either).
+pub fn narpush_env(c: &mut Command) {
     for v in [
         "OUT_PATHS",
         "DRV_PATH",
@@ -68,7 +74,6 @@ pub fn narpush() -> Command {
         c.env_remove(v);
     }
     c.env("NARPUSH_CONFIG", "/dev/null");
-    c
 }
 
 /// A fresh, unique token for derivations, so each test builds new store paths.
@@ -123,9 +128,20 @@ pub fn build(
     extra: &[&str],
     envs: &[(&str, &str)],
 ) -> Vec<String> {
+    build_with(Command::new("nix-build"), dir, expr, attr, extra, envs)
+}
+
+/// [`build`] with another `nix-build` (e.g. Nix 2.26's in its chroot).
+pub fn build_with(
+    mut c: Command,
+    dir: &Path,
+    expr: &str,
+    attr: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Vec<String> {
     let file = dir.join("default.nix");
     std::fs::write(&file, expr).unwrap();
-    let mut c = Command::new("nix-build");
     c.arg(&file)
         .args(["-A", attr, "--no-out-link"])
         .args(NIX_OPTS)
@@ -167,7 +183,23 @@ pub fn copy_from(cache_url: &str, root: &Path, paths: &[&str], trusted_key: &str
 /// `nix-store --realise` into a fresh chroot store with only `substituter` (and
 /// signatures required): how a client machine substitutes from the bucket.
 pub fn realise_from(substituter: &str, root: &Path, paths: &[&str], trusted_key: &str) -> Output {
-    let mut c = Command::new("nix-store");
+    realise_with(
+        Command::new("nix-store"),
+        substituter,
+        root,
+        paths,
+        trusted_key,
+    )
+}
+
+/// [`realise_from`] with another `nix-store` (e.g. Nix 2.26's in its chroot).
+pub fn realise_with(
+    mut c: Command,
+    substituter: &str,
+    root: &Path,
+    paths: &[&str],
+    trusted_key: &str,
+) -> Output {
     c.arg("--store")
         .arg(root)
         .arg("--realise")

@@ -53,11 +53,16 @@ pub fn free_port() -> u16 {
 
 /// Wait until something accepts on 127.0.0.1:port.
 pub fn wait_for_port(port: u16, what: &str) {
+    wait_for_addr("127.0.0.1", port, what);
+}
+
+/// Wait until something accepts on host:port.
+pub fn wait_for_addr(host: &str, port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         assert!(
             Instant::now() < deadline,
-            "{what} did not start listening on 127.0.0.1:{port} within 20 s"
+            "{what} did not start listening on {host}:{port} within 20 s"
         );
         std::thread::sleep(Duration::from_millis(25));
     }

@@ -3,7 +3,7 @@
 //! HTTP server. Shared by the transport, fault and secrets suites.
 #![allow(dead_code)]
 
-use super::s3server::wait_for_port;
+use super::s3server::wait_for_addr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -18,6 +18,12 @@ fn run(cmd: &mut Command) {
 
 /// A CA and a server certificate for 127.0.0.1/localhost signed by it.
 pub fn make_ca_and_cert(dir: &Path) {
+    make_ca_and_cert_for(dir, "127.0.0.1", "IP:127.0.0.1,DNS:localhost");
+}
+
+/// A CA (`ca.pem`) and a server certificate (`server.pem`, `server.key`) signed by
+/// it for `cn` and the subjectAltName list `san` (`IP:…,DNS:…`).
+pub fn make_ca_and_cert_for(dir: &Path, cn: &str, san: &str) {
     run(Command::new("openssl")
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
@@ -44,13 +50,13 @@ pub fn make_ca_and_cert(dir: &Path) {
             "rsa:2048",
             "-nodes",
             "-subj",
-            "/CN=127.0.0.1",
+            &format!("/CN={cn}"),
         ])
         .args(["-keyout", "server.key", "-out", "server.csr"])
         .current_dir(dir));
     std::fs::write(
         dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
     )
     .unwrap();
     run(Command::new("openssl")
@@ -87,11 +93,16 @@ impl Drop for Stunnel {
 }
 
 pub fn start_stunnel(dir: &Path, tls_port: u16, backend_port: u16) -> Stunnel {
+    start_stunnel_on(dir, "127.0.0.1", tls_port, backend_port)
+}
+
+/// [`start_stunnel`] accepting on another loopback address (any of 127.0.0.0/8).
+pub fn start_stunnel_on(dir: &Path, host: &str, tls_port: u16, backend_port: u16) -> Stunnel {
     let conf = dir.join("stunnel.conf");
     std::fs::write(
         &conf,
         format!(
-            "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{tls_port}\nconnect = 127.0.0.1:{backend_port}\n\
+            "foreground = yes\npid =\n[s3]\naccept = {host}:{tls_port}\nconnect = 127.0.0.1:{backend_port}\n\
              cert = {}\nkey = {}\n",
             dir.join("server.pem").display(),
             dir.join("server.key").display()
@@ -107,6 +118,6 @@ pub fn start_stunnel(dir: &Path, tls_port: u16, backend_port: u16) -> Stunnel {
         .spawn()
         .expect("spawn stunnel: install the Debian package stunnel4");
     let st = Stunnel(child);
-    wait_for_port(tls_port, "stunnel");
+    wait_for_addr(host, tls_port, "stunnel");
     st
 }
