@@ -145,6 +145,7 @@ fn open_target(config: &Config, env: Env) -> Result<Target> {
         deps: config.deps,
         upstream_keys: config.upstream_keys.clone(),
         jobs: config.jobs,
+        compression_threads: config.compression_threads as u32,
         progress: !config.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
     };
     Ok(Target { cache, opts })

@@ -69,6 +69,7 @@ pub struct Args {
     pub compression: Option<String>,
     pub compression_level: Option<i32>,
     pub jobs: Option<usize>,
+    pub compression_threads: Option<usize>,
     pub upstream_keys: Vec<String>,
     pub no_deps: bool,
     pub closure: bool,
@@ -89,6 +90,7 @@ impl Args {
             compression: None,
             compression_level: None,
             jobs: None,
+            compression_threads: None,
             upstream_keys: Vec::new(),
             no_deps: false,
             closure: false,
@@ -196,6 +198,9 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
                 a.compression_level = Some(number_value(parser, topic, "--compression-level")?)
             }
             Long("jobs") => a.jobs = Some(number_value(parser, topic, "--jobs")?),
+            Long("compression-threads") => {
+                a.compression_threads = Some(number_value(parser, topic, "--compression-threads")?)
+            }
             Long("upstream-key") => {
                 a.upstream_keys
                     .push(string_value(parser, topic, "--upstream-key")?)
@@ -363,6 +368,9 @@ OPTIONS:
                                                   [NARPUSH_COMPRESSION_LEVEL]
     --jobs N                 parallel uploads, 1..=1024
                              (default min(4, cores), at least 2)  [NARPUSH_JOBS]
+    --compression-threads N  threads compressing one large NAR, 1..=256
+                             (default: cores; xz needs ~100 MiB each)
+                                                [NARPUSH_COMPRESSION_THREADS]
     --upstream-key NAME      paths signed by this key are not pushed;
                              repeatable (default cache.nixos.org-1)
     --no-deps                push only the given paths
@@ -497,6 +505,8 @@ mod tests {
             "a-1",
             "--upstream-key",
             "b-1",
+            "--compression-threads",
+            "3",
             "--closure",
             "--strict",
             "-v",
@@ -519,6 +529,7 @@ mod tests {
             compression: Some("xz".into()),
             compression_level: Some(6),
             jobs: Some(8),
+            compression_threads: Some(3),
             upstream_keys: vec!["a-1".into(), "b-1".into()],
             no_deps: false,
             closure: true,

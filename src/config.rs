@@ -75,6 +75,8 @@ pub struct Config {
     /// In range for the compression (zstd 1..=22, xz 0..=9); dropped for `none`.
     pub compression_level: Option<i32>,
     pub jobs: usize,
+    /// Threads compressing one large NAR (zstd and xz).
+    pub compression_threads: usize,
     pub upstream_keys: Vec<String>,
     pub deps: Deps,
     pub strict: bool,
@@ -91,7 +93,7 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
 pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
 
 const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
-upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir";
+compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir";
 
 /// Resolve `args`, the environment (`env("NAME")`) and the config file into a
 /// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
@@ -137,6 +139,10 @@ fn default_jobs() -> usize {
     cores.clamp(2, 4)
 }
 
+fn default_compression_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_COMPRESSION_THREADS))
+}
+
 fn default_state_dir(env: &dyn Fn(&str) -> Option<String>, root: bool) -> Result<PathBuf> {
     if root {
         return Ok(PathBuf::from("/var/lib/narpush"));
@@ -166,6 +172,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         compression: None,
         compression_level: None,
         jobs: default_jobs(),
+        compression_threads: default_compression_threads(),
         upstream_keys: vec![DEFAULT_UPSTREAM_KEY.to_string()],
         deps: Deps::Missing,
         strict: false,
@@ -308,18 +315,33 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     };
     config.compression = compression.map(|(c, _)| c);
 
-    config.jobs = match (args.jobs, env("NARPUSH_JOBS"), file.jobs) {
-        (Some(j), _, _) => check_jobs(j as i64, "--jobs")?,
-        (None, Some(j), _) => {
-            let n = j
-                .trim()
-                .parse::<i64>()
-                .map_err(|_| Error::Usage(format!("NARPUSH_JOBS='{j}': not a whole number")))?;
-            check_jobs(n, "NARPUSH_JOBS")?
-        }
-        (None, None, Some((j, line))) => check_jobs(j, &at(line, "jobs"))?,
-        _ => config.jobs,
+    let count = |flag: Option<usize>, var: &str, file: Option<(i64, usize)>, key: &str, max| {
+        let n = match (flag, env(var), file) {
+            (Some(n), _, _) => (n as i64, format!("--{key}")),
+            (None, Some(v), _) => {
+                let n = v
+                    .trim()
+                    .parse::<i64>()
+                    .map_err(|_| Error::Usage(format!("{var}='{v}': not a whole number")))?;
+                (n, var.to_string())
+            }
+            (None, None, Some((n, line))) => (n, at(line, key)),
+            _ => return Ok(None),
+        };
+        check_count(n.0, &n.1, key, max).map(Some)
     };
+    if let Some(j) = count(args.jobs, "NARPUSH_JOBS", file.jobs, "jobs", 1024)? {
+        config.jobs = j;
+    }
+    if let Some(t) = count(
+        args.compression_threads,
+        "NARPUSH_COMPRESSION_THREADS",
+        file.compression_threads,
+        "compression-threads",
+        MAX_COMPRESSION_THREADS,
+    )? {
+        config.compression_threads = t;
+    }
 
     if !args.upstream_keys.is_empty() {
         config.upstream_keys = args.upstream_keys;
@@ -371,10 +393,13 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     Ok(config)
 }
 
-fn check_jobs(n: i64, from: &str) -> Result<usize> {
-    if !(1..=1024).contains(&n) {
+/// The most threads one NAR is compressed with (lzma-rust2's cap).
+const MAX_COMPRESSION_THREADS: usize = 256;
+
+fn check_count(n: i64, from: &str, what: &str, max: usize) -> Result<usize> {
+    if !(1..=max as i64).contains(&n) {
         return Err(Error::Usage(format!(
-            "{from}: jobs must be between 1 and 1024, not {n}"
+            "{from}: {what} must be between 1 and {max}, not {n}"
         )));
     }
     Ok(n as usize)
@@ -412,6 +437,7 @@ struct FileValues {
     compression: Option<(String, usize)>,
     compression_level: Option<(i32, usize)>,
     jobs: Option<(i64, usize)>,
+    compression_threads: Option<(i64, usize)>,
     upstream_keys: Option<Vec<String>>,
     deps: Option<Deps>,
     strict: Option<bool>,
@@ -515,6 +541,10 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
             },
             "jobs" => match value {
                 Value::Int(n) => v.jobs = Some((n, line)),
+                _ => return Err(want("an integer")),
+            },
+            "compression-threads" => match value {
+                Value::Int(n) => v.compression_threads = Some((n, line)),
                 _ => return Err(want("an integer")),
             },
             "upstream-key" | "upstream-keys" => v.upstream_keys = Some(strings(value)?),
@@ -1015,6 +1045,7 @@ credentials-file = "creds"
 compression = "xz"
 compression-level = 3
 jobs = 7
+compression-threads = 3
 upstream-keys = ["u-1"]
 deps = "closure"
 strict = true
@@ -1037,6 +1068,7 @@ state-dir = "state"
         assert_eq!(c.compression.as_deref(), Some("xz"));
         assert_eq!(c.compression_level, Some(3));
         assert_eq!(c.jobs, 7);
+        assert_eq!(c.compression_threads, 3);
         assert_eq!(c.upstream_keys, vec!["u-1".to_string()]);
         assert_eq!(c.deps, Deps::Closure);
         assert!(c.strict && c.verbose && !c.quiet);
@@ -1052,6 +1084,7 @@ state-dir = "state"
             ("NARPUSH_COMPRESSION", "zstd"),
             ("NARPUSH_COMPRESSION_LEVEL", "19"),
             ("NARPUSH_JOBS", "5"),
+            ("NARPUSH_COMPRESSION_THREADS", "2"),
             ("NARPUSH_STRICT", "0"),
             ("NARPUSH_STATE_DIR", "/estate"),
         ]);
@@ -1065,6 +1098,7 @@ state-dir = "state"
         assert_eq!(c.compression.as_deref(), Some("zstd"));
         assert_eq!(c.compression_level, Some(19));
         assert_eq!(c.jobs, 5);
+        assert_eq!(c.compression_threads, 2);
         assert!(!c.strict);
         assert_eq!(c.state_dir, PathBuf::from("/estate"));
         // Command line over environment.
@@ -1148,6 +1182,11 @@ state-dir = "state"
         );
         let m = run(&["p"], &[("NARPUSH_JOBS", "x")]);
         assert!(m.starts_with("NARPUSH_JOBS='x'"), "{m}");
+        let m = run(&["--compression-threads", "257", "p"], &[]);
+        assert!(
+            m.starts_with("--compression-threads: compression-threads must be between 1 and 256"),
+            "{m}"
+        );
         let m = run(&["p"], &[("NARPUSH_STRICT", "maybe")]);
         assert!(m.starts_with("NARPUSH_STRICT='maybe'"), "{m}");
         let m = run(&["--config", "/nonexistent/narpush.toml", "p"], &[]);

@@ -35,6 +35,8 @@ pub struct PushOptions {
     pub deps: Deps,
     pub upstream_keys: Vec<String>,
     pub jobs: usize,
+    /// Threads compressing one large NAR.
+    pub compression_threads: u32,
     /// Show a live progress line on stderr for large NARs (a terminal, not quiet).
     pub progress: bool,
 }
@@ -328,18 +330,18 @@ fn push_one(
 ) -> Result<(u64, u64)> {
     let sd = nix.store_dir.as_str();
     let full = info.path.to_full(sd);
-    let threads =
-        if opts.compression == Compression::Zstd && info.nar_size >= PARALLEL_COMPRESSION_MIN {
-            std::thread::available_parallelism().map_or(1, |n| n.get() as u32)
-        } else {
-            1
-        };
+    let threads = if info.nar_size >= PARALLEL_COMPRESSION_MIN {
+        opts.compression_threads
+    } else {
+        1
+    };
     let expected = info.nar_size + info.nar_size / 16 + (64 << 10);
     let sink = cache.nar_sink(&info.nar_hash, opts.compression.extension(), expected)?;
     let encoder = Encoder::new(
         opts.compression,
         opts.level,
         threads,
+        info.nar_size,
         HashingWriter::new(sink),
     )
     .map_err(|e| {

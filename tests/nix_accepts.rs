@@ -192,3 +192,116 @@ fn a_corrupted_store_path_is_refused_and_nothing_is_written() {
     // Leave the store consistent for other tests: remove the corrupted path.
     let _ = Command::new("nix-store").args(["--delete", &p]).output();
 }
+
+/// Deterministic text-like bytes (words of a small vocabulary in a pseudo-random
+/// order): compressible as logs and sources are, without long exact repeats.
+fn text(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 16] = [
+        "store",
+        "path",
+        "narinfo",
+        "derivation",
+        "output",
+        "closure",
+        "signature",
+        "bucket",
+        "reference",
+        "compression",
+        "hash",
+        "nix",
+        "build",
+        "cache",
+        "upload",
+        "\n",
+    ];
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut out = Vec::with_capacity(len + 16);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(WORDS[(x >> 60) as usize].as_bytes());
+        out.push(if x & 7 == 0 { b',' } else { b' ' });
+    }
+    out.truncate(len);
+    out
+}
+
+fn file_size(cache: &Path) -> (u64, String) {
+    let narinfo = fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "narinfo"))
+        .expect("a narinfo in the cache");
+    let text = fs::read_to_string(&narinfo).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .to_string()
+    };
+    (field("FileSize: ").parse().unwrap(), field("URL: "))
+}
+
+/// A NAR large enough to be compressed on several threads is one xz stream of
+/// several blocks that real Nix substitutes with signatures required, no more than
+/// 1% larger than the single-threaded xz `nix copy` writes for the same path. At
+/// preset 1 (1 MiB dictionary, so a 20 MiB NAR makes several blocks quickly);
+/// `make bench` compares the default preset on real paths.
+#[test]
+fn multithreaded_xz_is_accepted_and_as_small_as_nix_copys() {
+    let dir = temp_dir("accept-xz-mt");
+    let (sec, pk) = nix_keypair(&dir, "accept-xz-mt-1");
+    let path = common::nix::add_file("xz-mt-text", &text(20 << 20));
+    let ours = dir.join("ours");
+    ok(narpush()
+        .args([
+            "push",
+            "--no-deps",
+            "--compression",
+            "xz",
+            "--compression-level",
+            "1",
+        ])
+        .args(["--compression-threads", "2", "--to"])
+        .arg(format!("file://{}", ours.display()))
+        .arg("--key-file")
+        .arg(&sec)
+        .arg(&path));
+    let theirs = dir.join("theirs");
+    ok(common::nix::nix()
+        .args(["copy", "--to"])
+        .arg(format!(
+            "file://{}?compression=xz&compression-level=1",
+            theirs.display()
+        ))
+        .arg(&path));
+    let ((our_size, url), (their_size, _)) = (file_size(&ours), file_size(&theirs));
+    assert!(
+        our_size * 100 <= their_size * 101,
+        "narpush's xz is {our_size} bytes, nix copy's {their_size}: more than 1% larger"
+    );
+    let listing = ok(Command::new("xz")
+        .args(["--list", "--robot"])
+        .arg(ours.join(&url)));
+    let blocks: u64 = listing
+        .lines()
+        .find_map(|l| l.strip_prefix("file\t"))
+        .and_then(|l| l.split('\t').nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no block count in xz --list: {listing}"));
+    assert!(blocks >= 2, "one NAR, {blocks} block(s): not multithreaded");
+    let root = dir.join("root");
+    let copied = copy_from(&format!("file://{}", ours.display()), &root, &[&path], &pk);
+    assert!(
+        copied.status.success(),
+        "nix copy failed: {}",
+        stderr(&copied)
+    );
+    let verify = run(Command::new("nix-store")
+        .arg("--store")
+        .arg(&root)
+        .args(["--verify", "--check-contents"]));
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    eprintln!("xz of a 20 MiB text NAR: narpush {our_size} bytes in {blocks} blocks, nix copy {their_size}");
+}
