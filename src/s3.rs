@@ -239,7 +239,8 @@ impl S3Error {
         match &self.kind {
             S3ErrorKind::Status { status, code, .. } => match code.as_deref() {
                 Some("SignatureDoesNotMatch") => Some("check the secret key"),
-                Some("InvalidAccessKeyId") => Some("check the access key id"),
+                // s3s answers NotSignedUp for an access key it does not know.
+                Some("InvalidAccessKeyId") | Some("NotSignedUp") => Some("check the access key id"),
                 Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
                 Some("AccessDenied") => {
                     Some("check the access key and the bucket policy or permissions it has")
@@ -326,8 +327,8 @@ struct Inner {
     gave_up: std::sync::Mutex<Option<String>>,
     /// Whether `gave_up` is used at all (see [`Client::fail_fast_after_outage`]).
     fail_fast: std::sync::atomic::AtomicBool,
-    /// What a GET said about the first HEAD answered 403 (its code and message).
-    head_403: std::sync::Mutex<Option<Option<(String, Option<String>)>>>,
+    /// What a GET said about the first HEAD answered 403 (once asked).
+    head_403: std::sync::Mutex<Option<Option<S3Reason>>>,
 }
 
 impl fmt::Debug for Client {
@@ -337,6 +338,9 @@ impl fmt::Debug for Client {
             .finish()
     }
 }
+
+/// S3's `<Code>` and `<Message>` of an error answer.
+type S3Reason = (String, Option<String>);
 
 /// A response, read whole.
 struct Resp {

@@ -273,8 +273,9 @@ fn wrong_secret_fails_fast_with_code_bucket_and_endpoint() {
     let e = c.head_object("x.narinfo").unwrap_err();
     assert_eq!(e.attempts, 1, "{e}");
     assert_eq!(e.status(), Some(403), "{e}");
-    // A HEAD's 403 has no body: the real reason comes from a GET of the same key.
-    assert_eq!(e.code(), Some("InvalidAccessKeyId"), "{e}");
+    // A HEAD's 403 has no body: the real reason comes from a GET of the same key
+    // (AWS and MinIO call it InvalidAccessKeyId, s3s NotSignedUp).
+    assert_eq!(e.code(), Some("NotSignedUp"), "{e}");
     assert!(e.to_string().contains("check the access key id"), "{e}");
     assert_no_secret(&e.to_string(), &s);
 }
@@ -666,6 +667,30 @@ fn forbidden_is_not_retried_and_head_403_is_access_denied() {
     let e = c.head_object("x.narinfo").unwrap_err();
     assert_eq!((e.code(), e.attempts), (Some("AccessDenied"), 1), "{e}");
     assert_eq!(srv.finish().len(), 3);
+}
+
+#[test]
+fn a_head_403_from_an_unknown_access_key_says_so() {
+    let srv = Scripted::start(vec![
+        http("403 Forbidden", "", ""),
+        http(
+            "403 Forbidden",
+            "",
+            &s3_error_xml(
+                "InvalidAccessKeyId",
+                "The AWS Access Key Id you provided does not exist in our records.",
+            ),
+        ),
+    ]);
+    let c = srv.client(quick_retry());
+    let e = c.head_object("x.narinfo").unwrap_err();
+    assert_eq!(e.code(), Some("InvalidAccessKeyId"), "{e}");
+    assert!(e.to_string().contains("check the access key id"), "{e}");
+    let reqs = srv.finish();
+    assert!(
+        reqs[0].starts_with("HEAD ") && reqs[1].starts_with("GET "),
+        "{reqs:?}"
+    );
 }
 
 #[test]
