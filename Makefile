@@ -45,6 +45,7 @@ test-cross: cross
 
 bench: deps build
 	bash scripts/bench.sh
+	bash scripts/bench-net.sh
 
 install: build
 	install -D -m 0755 $(TARGET_DIR)/release/narpush $(DESTDIR)$(PREFIX)/bin/narpush

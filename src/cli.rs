@@ -366,8 +366,8 @@ OPTIONS:
                                                         [NARPUSH_COMPRESSION]
     --compression-level N    zstd 1..=22, xz 0..=9 (default: the algorithm's)
                                                   [NARPUSH_COMPRESSION_LEVEL]
-    --jobs N                 parallel uploads, 1..=1024
-                             (default min(4, cores), at least 2)  [NARPUSH_JOBS]
+    --jobs N                 paths in flight at once, 1..=1024 (default 16;
+                             at most 4 NARs of 1 MiB or more)  [NARPUSH_JOBS]
     --compression-threads N  threads compressing one large NAR, 1..=256
                              (default: cores; xz needs ~100 MiB each)
                                                 [NARPUSH_COMPRESSION_THREADS]

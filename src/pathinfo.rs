@@ -123,6 +123,8 @@ fn kind(v: &Value) -> &'static str {
 /// name (v2 and later).
 fn parse_json_path(s: &str, store_dir: &str) -> Result<StorePath, String> {
     let r = if s.starts_with('/') {
+        let dir = Path::new(s).parent().and_then(Path::to_str).unwrap_or(s);
+        check_store_dir(dir, store_dir)?;
         StorePath::from_full_path(store_dir, s)
     } else {
         StorePath::from_base_name(s)
@@ -437,8 +439,8 @@ fn invalid_error(invalid: &[String]) -> Error {
 }
 
 impl LocalNix {
-    /// Find the Nix tools and the store directory: `NIX_STORE_DIR`, else what
-    /// `nix eval --raw --expr builtins.storeDir` says, else `/nix/store`.
+    /// Find the Nix tools and the store directory: `NIX_STORE_DIR`, else `/nix/store`
+    /// (checked against the paths `nix path-info` returns).
     pub fn detect() -> Result<LocalNix> {
         if !on_path("nix") {
             let path = std::env::var("PATH").unwrap_or_default();
@@ -454,22 +456,11 @@ impl LocalNix {
                 store_dir: dir.trim_end_matches('/').to_string(),
             });
         }
-        let asked = run(
-            "nix",
-            &[
-                "--extra-experimental-features",
-                "nix-command",
-                "eval",
-                "--raw",
-                "--expr",
-                "builtins.storeDir",
-            ],
-        )
-        .ok()
-        .map(|s| s.trim().trim_end_matches('/').to_string())
-        .filter(|s| s.starts_with('/'));
+        // No `nix eval` for the store directory: a child process per run for what is
+        // /nix/store everywhere but on machines that set NIX_STORE_DIR. Paths that
+        // `nix path-info` reports elsewhere are refused by the JSON reader, naming it.
         Ok(LocalNix {
-            store_dir: asked.unwrap_or_else(|| DEFAULT_STORE_DIR.to_string()),
+            store_dir: DEFAULT_STORE_DIR.to_string(),
         })
     }
 
@@ -877,6 +868,13 @@ mod tests {
         let e = parse_path_info_json(r#"{"version":2,"storeDir":"/gnu/store","info":{}}"#, S)
             .unwrap_err();
         assert!(e.to_string().contains("set NIX_STORE_DIR"), "{e}");
+        // 2.8's shape names no store directory: a path elsewhere is refused the same way.
+        let e = parse_path_info_json(&format!(r#"[{{"path":"/gnu/store/{A}","narSize":1}}]"#), S)
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("/gnu/store") && e.to_string().contains("set NIX_STORE_DIR"),
+            "{e}"
+        );
         let e =
             parse_path_info_json(&format!(r#"[{{"path":"{S}/{A}","narSize":1}}]"#), S).unwrap_err();
         assert!(e.to_string().contains("no \"narHash\""), "{e}");
@@ -927,7 +925,11 @@ mod tests {
         assert!(e.contains("invalid JSON: trailing characters"), "{e}");
         assert_eq!(i[0].references, [sp(D), sp(B)]);
         let e = parse_path_info_json(&format!(r#"{{"/gnu/store/{A}":null}}"#), S).unwrap_err();
-        assert!(e.to_string().contains("not in the Nix store"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("/gnu/store but narpush uses /nix/store"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -27,6 +27,44 @@ use std::time::{Duration, Instant};
 
 /// NARs at least this large are compressed with every core (zstd's multithreading).
 const PARALLEL_COMPRESSION_MIN: u64 = 16 << 20;
+/// NARs at least this large hold a compressor's buffers and up to two multipart parts
+/// in memory while they go up: at most [`LARGE_AT_ONCE`] of them at a time, however
+/// many small paths (`--jobs`) are in flight beside them.
+const LARGE_NAR: u64 = 1 << 20;
+const LARGE_AT_ONCE: usize = 4;
+
+/// A counting semaphore: at most `n` holders at once.
+struct Gate {
+    free: Mutex<usize>,
+    freed: Condvar,
+}
+
+impl Gate {
+    fn new(n: usize) -> Gate {
+        Gate {
+            free: Mutex::new(n.max(1)),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn enter(&self) -> GatePass<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap_or_else(|p| p.into_inner());
+        }
+        *free -= 1;
+        GatePass(self)
+    }
+}
+
+struct GatePass<'a>(&'a Gate);
+
+impl Drop for GatePass<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.0.freed.notify_one();
+    }
+}
 
 pub struct PushOptions {
     pub compression: Compression,
@@ -229,6 +267,7 @@ pub fn push(
     }
 
     // 5. Push in reference order.
+    let large = Gate::new(LARGE_AT_ONCE);
     let results = run_ordered(
         &todo,
         opts.jobs,
@@ -246,6 +285,7 @@ pub fn push(
                 });
                 return Outcome::Failed(e);
             }
+            let _pass = (info.nar_size >= LARGE_NAR).then(|| large.enter());
             let t = Instant::now();
             match push_one(nix, cache, info, opts) {
                 Ok((nar_size, file_size)) => {
@@ -767,6 +807,23 @@ mod scheduler_tests {
             assert!(failed_text(&got[&i]).unwrap().contains("reference cycle"));
         }
         assert!(matches!(got[&2], Outcome::Present));
+    }
+
+    #[test]
+    fn the_gate_lets_at_most_n_in() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let gate = Gate::new(2);
+        let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<usize> = (0..32).collect();
+        parallel_map(&items, 8, |_| {
+            let _pass = gate.enter();
+            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::yield_now();
+            inside.fetch_sub(1, Ordering::SeqCst);
+        });
+        assert!((1..=2).contains(&most.load(Ordering::SeqCst)));
+        assert_eq!(*gate.free.lock().unwrap(), 2);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub use crate::sigv4::redact_authorization;
 pub const MAX_PARTS: u64 = 10_000;
 /// Largest part S3 accepts.
 pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+/// Idle connections kept for reuse, at most: more than any sensible `--jobs`; a pool
+/// only ever holds as many as were open at once.
+const POOL_SIZE: usize = 64;
 /// Error bodies are read up to this many bytes.
 const MAX_ERROR_BODY: u64 = 64 * 1024;
 
@@ -74,7 +77,10 @@ pub struct S3Config {
     pub credentials: Credentials,
     pub retry: RetryPolicy,
     pub connect_timeout: Duration,
+    /// The longest one read or write on a connection may wait.
     pub io_timeout: Duration,
+    /// A pooled connection idle for longer is not reused; zero: no reuse.
+    pub idle_timeout: Duration,
     /// `x-amz-storage-class` for new objects.
     pub storage_class: Option<String>,
     /// A PEM CA bundle to trust instead of the environment's (see `tls`).
@@ -95,6 +101,7 @@ impl S3Config {
             },
             connect_timeout: Duration::from_secs(url.connect_timeout),
             io_timeout: Duration::from_secs(url.io_timeout),
+            idle_timeout: Duration::from_secs(url.idle_timeout),
             storage_class: url.storage_class.clone(),
             trust_file: None,
         }
@@ -232,7 +239,8 @@ impl S3Error {
         match &self.kind {
             S3ErrorKind::Status { status, code, .. } => match code.as_deref() {
                 Some("SignatureDoesNotMatch") => Some("check the secret key"),
-                Some("InvalidAccessKeyId") => Some("check the access key id"),
+                // s3s answers NotSignedUp for an access key it does not know.
+                Some("InvalidAccessKeyId") | Some("NotSignedUp") => Some("check the access key id"),
                 Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
                 Some("AccessDenied") => {
                     Some("check the access key and the bucket policy or permissions it has")
@@ -319,6 +327,8 @@ struct Inner {
     gave_up: std::sync::Mutex<Option<String>>,
     /// Whether `gave_up` is used at all (see [`Client::fail_fast_after_outage`]).
     fail_fast: std::sync::atomic::AtomicBool,
+    /// What a GET said about the first HEAD answered 403 (once asked).
+    head_403: std::sync::Mutex<Option<Option<S3Reason>>>,
 }
 
 impl fmt::Debug for Client {
@@ -328,6 +338,9 @@ impl fmt::Debug for Client {
             .finish()
     }
 }
+
+/// S3's `<Code>` and `<Message>` of an error answer.
+type S3Reason = (String, Option<String>);
 
 /// A response, read whole.
 struct Resp {
@@ -359,22 +372,37 @@ struct Call<'a> {
 
 impl Client {
     pub fn new(cfg: S3Config) -> Result<Client, Error> {
-        let mut builder = ureq::AgentBuilder::new()
-            .timeout_connect(cfg.connect_timeout)
-            .timeout_read(cfg.io_timeout)
-            .timeout_write(cfg.io_timeout)
-            // No connection reuse: ureq 2 clears a pooled socket's read and write
-            // timeouts and sets only the read one back, once the response body is
-            // read, so a request on a reused connection could wait forever on a
-            // server that stalls (tests/faults.rs). A fresh connection gets both.
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .redirects(0)
-            .user_agent(concat!("narpush/", env!("CARGO_PKG_VERSION")));
-        if cfg.endpoint.scheme == crate::store_url::Scheme::Https {
-            builder =
-                builder.tls_config(crate::tls::client_config_with(cfg.trust_file.as_deref())?);
-        }
+        let tls = match cfg.endpoint.scheme {
+            crate::store_url::Scheme::Https => ureq::tls::TlsConfig::builder()
+                .root_certs(crate::tls::root_certs_with(cfg.trust_file.as_deref())?)
+                .build(),
+            crate::store_url::Scheme::Http => ureq::tls::TlsConfig::default(),
+        };
+        // Connections are reused while idle for less than `idle_timeout` (a server or
+        // a NAT box may drop one silently after that); 0 turns reuse off. Every read
+        // and write on a connection, new or reused, waits at most `io_timeout`.
+        let pool = if cfg.idle_timeout.is_zero() {
+            0
+        } else {
+            POOL_SIZE
+        };
+        let config = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .user_agent(concat!("narpush/", env!("CARGO_PKG_VERSION")))
+            .timeout_connect(Some(cfg.connect_timeout))
+            .timeout_per_read(Some(cfg.io_timeout))
+            .timeout_per_write(Some(cfg.io_timeout))
+            .max_idle_connections(pool)
+            .max_idle_connections_per_host(pool)
+            .max_idle_age(cfg.idle_timeout)
+            .tls_config(tls)
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            Resolver::default(),
+        );
         let seed = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -382,11 +410,12 @@ impl Client {
             ^ u64::from(std::process::id()).rotate_left(32);
         Ok(Client {
             inner: Arc::new(Inner {
-                agent: builder.build(),
+                agent,
                 cfg,
                 rng: AtomicU64::new(seed | 1),
                 gave_up: std::sync::Mutex::new(None),
                 fail_fast: std::sync::atomic::AtomicBool::new(false),
+                head_403: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -424,8 +453,49 @@ impl Client {
                     .ok_or_else(|| self.protocol(&call, "no Content-Length in the answer"))
             }
             Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) if e.status() == Some(403) => Err(self.explain_head_403(key, e)),
             Err(e) => Err(e),
         }
+    }
+
+    /// A HEAD answered 403, which has no body to say why: a wrong secret, an unknown
+    /// access key and a policy that denies all look alike. The first time in this
+    /// client's life, ask with a GET of the same key, whose error body has S3's code,
+    /// and keep the answer for later 403s on HEAD (one extra request per run).
+    fn explain_head_403(&self, key: &str, mut err: S3Error) -> S3Error {
+        let learned = {
+            let mut g = self
+                .inner
+                .head_403
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            g.get_or_insert_with(|| {
+                let get = Call {
+                    op: "GetObject",
+                    key: Some(key),
+                    method: "GET",
+                    query: &[],
+                    headers: &[],
+                    body: &[],
+                    patience: None,
+                };
+                match self.attempt(&get, sigv4::EMPTY_SHA256).0 {
+                    Err(S3ErrorKind::Status {
+                        status: 403,
+                        code: Some(code),
+                        message,
+                    }) => Some((code, message)),
+                    _ => None,
+                }
+            })
+            .clone()
+        };
+        if let (Some((c, m)), S3ErrorKind::Status { code, message, .. }) =
+            (learned, &mut err.0.kind)
+        {
+            (*code, *message) = (Some(c), m);
+        }
+        err
     }
 
     /// The object's bytes, `None` if there is no such key.
@@ -859,6 +929,20 @@ impl Client {
         err
     }
 
+    /// Send one request; `patience` replaces the I/O timeout for reading the answer.
+    fn run<B: ureq::AsSendBody>(
+        &self,
+        req: Result<ureq::http::Request<B>, ureq::http::Error>,
+        patience: Option<Duration>,
+    ) -> Result<ureq::http::Response<ureq::Body>, ureq::Error> {
+        let agent = &self.inner.agent;
+        let mut req = agent.configure_request(req?);
+        if let Some(t) = patience {
+            req = req.timeout_per_read(Some(t));
+        }
+        agent.run(req.build())
+    }
+
     /// One attempt: the response, or the failure and any Retry-After.
     fn attempt(
         &self,
@@ -896,38 +980,34 @@ impl Client {
             url.push('?');
             url.push_str(&query);
         }
-        let mut r = self.inner.agent.request(call.method, &url);
-        if let Some(t) = call.patience {
-            // ureq: a request deadline replaces the agent's read timeout.
-            r = r.timeout(cfg.connect_timeout + t);
-        }
+        let mut req = ureq::http::Request::builder().method(call.method).uri(&url);
         for (n, v) in call.headers {
-            r = r.set(n, v);
+            req = req.header(*n, *v);
         }
         for (n, v) in &signed {
-            r = r.set(n, v);
+            req = req.header(*n, v);
         }
         let sent = if call.body.is_empty() && matches!(call.method, "GET" | "HEAD" | "DELETE") {
-            r.call()
+            self.run(req.body(()), call.patience)
         } else {
-            r.send_bytes(call.body)
+            self.run(req.body(call.body), call.patience)
         };
         let resp = match sent {
             Ok(resp) => resp,
-            Err(ureq::Error::Status(_, resp)) => resp,
-            Err(ureq::Error::Transport(t)) => return (Err(transport_kind(&t)), None),
+            Err(e) => return (Err(transport_kind(&e)), None),
         };
-        let status = resp.status();
+        let status = resp.status().as_u16();
         let headers: Vec<(String, String)> = resp
-            .headers_names()
-            .into_iter()
-            .filter_map(|n| resp.header(&n).map(|v| (n.clone(), v.to_string())))
+            .headers()
+            .iter()
+            .filter_map(|(n, v)| Some((n.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
         let ok = (200..300).contains(&status);
         let limit = if ok { u64::MAX } else { MAX_ERROR_BODY };
         let mut body = Vec::new();
         if call.method != "HEAD" {
-            if let Err(e) = resp.into_reader().take(limit).read_to_end(&mut body) {
+            let reader = resp.into_body().into_reader();
+            if let Err(e) = reader.take(limit).read_to_end(&mut body) {
                 let kind = if e.kind() == std::io::ErrorKind::TimedOut
                     || e.kind() == std::io::ErrorKind::WouldBlock
                 {
@@ -1008,14 +1088,54 @@ fn untrusted_certificate(mut e: Option<&(dyn std::error::Error + 'static)>) -> b
     false
 }
 
-/// Classify a ureq transport error and phrase it (no URL: the caller names the
-/// endpoint).
-fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
-    use std::error::Error as _;
-    let mut chain = String::new();
-    let mut timeout = false;
+/// ureq's resolver, whose failures say that they are the host's name not resolving:
+/// `getaddrinfo`'s error is a plain `io::Error` that would read as a broken connection.
+#[derive(Debug, Default)]
+struct Resolver(ureq::unversioned::resolver::DefaultResolver);
+
+/// A host name that did not resolve (the system resolver's own error inside).
+#[derive(Debug)]
+struct NameNotResolved(std::io::Error);
+
+impl fmt::Display for NameNotResolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for NameNotResolved {}
+
+impl ureq::unversioned::resolver::Resolver for Resolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        self.0.resolve(uri, config, timeout).map_err(|e| match e {
+            ureq::Error::Io(io) => ureq::Error::Other(Box::new(NameNotResolved(io))),
+            e => e,
+        })
+    }
+}
+
+/// Classify a ureq error (every one it returns is a transport failure: statuses come
+/// back as responses) and phrase it, without the URL: the caller names the endpoint.
+fn transport_kind(t: &ureq::Error) -> S3ErrorKind {
+    // ureq's error has no source(): start from the error it carries, if any.
+    let inner: Option<&(dyn std::error::Error + 'static)> = match t {
+        ureq::Error::Io(e) => Some(e),
+        ureq::Error::Rustls(e) => Some(e),
+        ureq::Error::Other(e) => Some(e.as_ref()),
+        _ => None,
+    };
+    let mut chain = match inner {
+        Some(e) => e.to_string(),
+        None => t.to_string(),
+    };
+    let mut timeout = matches!(t, ureq::Error::Timeout(_));
     let mut refused = false;
-    let mut src: Option<&(dyn std::error::Error + 'static)> = t.source();
+    let mut src = inner;
     while let Some(e) = src {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             timeout |= matches!(
@@ -1026,18 +1146,20 @@ fn transport_kind(t: &ureq::Transport) -> S3ErrorKind {
         }
         // ureq wraps an io::Error in one that displays the same text: say it once.
         let text = format!(": {e}");
-        if !chain.ends_with(&text) {
+        if !chain.contains(&text[2..]) {
             chain.push_str(&text);
         }
         src = e.source();
     }
-    let tls = untrusted_certificate(t.source());
-    let kind = match t.kind() {
+    let tls = untrusted_certificate(inner);
+    let kind = match t {
         _ if tls => TransportKind::Tls,
         _ if timeout => TransportKind::Timeout,
-        ureq::ErrorKind::Dns => TransportKind::Dns,
-        ureq::ErrorKind::ConnectionFailed => TransportKind::Connect,
-        ureq::ErrorKind::Io => TransportKind::Io,
+        ureq::Error::HostNotFound => TransportKind::Dns,
+        ureq::Error::Other(e) if e.is::<NameNotResolved>() => TransportKind::Dns,
+        ureq::Error::ConnectionFailed => TransportKind::Connect,
+        _ if refused => TransportKind::Connect,
+        ureq::Error::Io(_) => TransportKind::Io,
         _ => TransportKind::Other,
     };
     let what = match kind {
@@ -1483,11 +1605,10 @@ mod tests {
     #[test]
     fn tls_failures_are_the_rustls_certificate_error_not_text() {
         use std::io::{Error as IoError, ErrorKind};
-        let kind =
-            |e: IoError| match transport_kind(&ureq::Error::from(e).into_transport().unwrap()) {
-                S3ErrorKind::Transport { kind, .. } => kind,
-                other => panic!("{other:?}"),
-            };
+        let kind = |e: IoError| match transport_kind(&ureq::Error::Io(e)) {
+            S3ErrorKind::Transport { kind, .. } => kind,
+            other => panic!("{other:?}"),
+        };
         let cert = || rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
         assert_eq!(
             kind(IoError::new(ErrorKind::InvalidData, cert())),
@@ -1561,6 +1682,7 @@ mod tests {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
             storage_class: None,
             trust_file: None,
         })

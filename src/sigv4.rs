@@ -207,8 +207,8 @@ pub struct Request<'a> {
     pub path: &'a str,
     /// Unencoded query parameters.
     pub query: &'a [(&'a str, &'a str)],
-    /// Further headers to sign (e.g. `content-type`, `range`); not `host` or `x-amz-*`
-    /// ones that `sign` adds itself.
+    /// The request's other headers (not `host`, nor the `x-amz-*` ones `sign` adds
+    /// itself). Only those [`must_sign`] allows are signed.
     pub headers: &'a [(&'a str, &'a str)],
     /// Hex SHA-256 of the body.
     pub payload_sha256: &'a str,
@@ -234,7 +234,7 @@ pub fn sign(
         out.push(("x-amz-security-token", token.clone()));
     }
     let mut headers: Vec<(&str, &str)> = vec![("host", req.host)];
-    headers.extend_from_slice(req.headers);
+    headers.extend(req.headers.iter().filter(|(n, _)| must_sign(n)));
     headers.extend(out.iter().map(|(n, v)| (*n, v.as_str())));
     let (_, signed) = canonical_headers(&headers);
     let creq = canonical_request(
@@ -256,6 +256,19 @@ pub fn sign(
         ),
     ));
     out
+}
+
+/// Whether a request header is signed: `host`, S3's own `x-amz-*` headers, the two
+/// content headers S3 checks the body against, and `range` and `date` (AWS's own
+/// examples sign them; narpush sends neither). Never one that a proxy or CDN may
+/// rewrite on the way (`accept-encoding`, `user-agent`, `accept`, `content-length`…):
+/// Cloudflare's edge rewriting `Accept-Encoding` broke signed uploads to R2.
+pub fn must_sign(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    matches!(
+        n.as_str(),
+        "host" | "content-type" | "content-md5" | "range" | "date"
+    ) || n.starts_with("x-amz-")
 }
 
 /// An Authorization header fit for logs: the access key id and the first 8 hex
@@ -605,5 +618,58 @@ mod tests {
             "AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/… Signature=f0e8bdb8…"
         );
         assert!(!r.contains("f0e8bdb87c"));
+    }
+
+    #[test]
+    fn only_headers_that_must_be_signed_are_signed() {
+        let creds = Credentials {
+            access_key_id: "AKIDEXAMPLE".into(),
+            secret_access_key: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY".into(),
+            session_token: Some("TOKEN".into()),
+        };
+        let headers = [
+            ("content-type", "application/x-nix-nar"),
+            ("Accept-Encoding", "gzip"),
+            ("user-agent", "narpush/0.1"),
+            ("accept", "*/*"),
+            ("content-length", "3"),
+            ("x-amz-storage-class", "STANDARD_IA"),
+            ("content-md5", "ICy5YqxZB1uWSwcVLSNLcA=="),
+            ("transfer-encoding", "identity"),
+            ("via", "1.1 proxy"),
+        ];
+        let req = Request {
+            method: "PUT",
+            host: "s3.example.com",
+            path: "/b/k",
+            query: &[],
+            headers: &headers,
+            payload_sha256: EMPTY_SHA256,
+        };
+        let auth = sign(&req, &creds, "us-east-1", "s3", UtcTime::from_unix(0))
+            .into_iter()
+            .find(|(n, _)| *n == "Authorization")
+            .unwrap()
+            .1;
+        assert!(
+            auth.contains(
+                "SignedHeaders=content-md5;content-type;host;x-amz-content-sha256;\
+                 x-amz-date;x-amz-security-token;x-amz-storage-class,"
+            ),
+            "{auth}"
+        );
+        // Changing an unsigned header leaves the signature as it was.
+        let mut other = headers;
+        other[1] = ("Accept-Encoding", "br");
+        let again = Request {
+            headers: &other,
+            ..req.clone()
+        };
+        let auth2 = sign(&again, &creds, "us-east-1", "s3", UtcTime::from_unix(0))
+            .into_iter()
+            .find(|(n, _)| *n == "Authorization")
+            .unwrap()
+            .1;
+        assert_eq!(auth, auth2);
     }
 }

@@ -4,9 +4,10 @@
 //! that lists the known ones. Values are percent-decoded. Pure: the only outside
 //! input, the default region, is an argument.
 //!
-//! Three network knobs are narpush's own, for slow or flaky links (and for tests):
-//! `connect-timeout` and `io-timeout` in whole seconds (defaults 10 and 30), and
-//! `retry-attempts`, the attempts one S3 request gets in all, the first included
+//! Four network knobs are narpush's own, for slow or flaky links (and for tests):
+//! `connect-timeout` and `io-timeout` in whole seconds (defaults 10 and 30),
+//! `idle-timeout` (default 60; a connection idle longer is not reused, 0: never
+//! reuse one), and `retry-attempts`, the attempts one S3 request gets in all, the first included
 //! (default 5; `1` means no retry), as Nix's `download-attempts` counts them.
 //!
 //! `multipart-upload` is accepted for compatibility but changes nothing: narpush
@@ -24,6 +25,10 @@ pub const DEFAULT_PART_SIZE: u64 = MIN_PART_SIZE;
 pub const DEFAULT_CONNECT_TIMEOUT: u64 = 10;
 /// Default `io-timeout` (one read or write on the socket), seconds.
 pub const DEFAULT_IO_TIMEOUT: u64 = 30;
+/// Default `idle-timeout`, seconds: how long an idle connection stays reusable. About
+/// a minute, as Nix's S3 store learned on Hydra: servers and NAT boxes drop idle
+/// connections silently after a while, and a request on a dead one costs a timeout.
+pub const DEFAULT_IDLE_TIMEOUT: u64 = 60;
 /// Default `retry-attempts` (attempts in all).
 pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
 /// Default `multipart-threshold` (Nix HEAD): 100 MiB.
@@ -124,6 +129,8 @@ pub struct S3Url {
     pub connect_timeout: u64,
     /// `io-timeout`, seconds.
     pub io_timeout: u64,
+    /// `idle-timeout`, seconds: a connection idle longer is not reused (0: no reuse).
+    pub idle_timeout: u64,
     /// `retry-attempts`: attempts per request in all.
     pub retry_attempts: u32,
     pub cache: CacheParams,
@@ -166,6 +173,7 @@ const S3_PARAMS: &[&str] = &[
     "storage-class",
     "connect-timeout",
     "io-timeout",
+    "idle-timeout",
     "retry-attempts",
 ];
 
@@ -422,15 +430,17 @@ fn parse_s3(
     let mut storage_class = None;
     let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
     let mut io_timeout = DEFAULT_IO_TIMEOUT;
+    let mut idle_timeout = DEFAULT_IDLE_TIMEOUT;
     let mut retry_attempts = DEFAULT_RETRY_ATTEMPTS;
-    let ranged = |k: &str, v: &str, max: u64| -> Result<u64, Error> {
+    let ranged_from = |min: u64, k: &str, v: &str, max: u64| -> Result<u64, Error> {
         match v.parse::<u64>() {
-            Ok(n) if (1..=max).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            Ok(n) if (min..=max).contains(&n) && v.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
             _ => Err(Error::Usage(format!(
-                "store URL '{url}': {k}={v} is not a whole number from 1 to {max}"
+                "store URL '{url}': {k}={v} is not a whole number from {min} to {max}"
             ))),
         }
     };
+    let ranged = |k: &str, v: &str, max: u64| ranged_from(1, k, v, max);
     for (k, v) in params {
         let k = k.as_str();
         match k {
@@ -485,6 +495,7 @@ fn parse_s3(
             "storage-class" => storage_class = Some(v.clone()).filter(|s| !s.is_empty()),
             "connect-timeout" => connect_timeout = ranged(k, v, 3600)?,
             "io-timeout" => io_timeout = ranged(k, v, 3600)?,
+            "idle-timeout" => idle_timeout = ranged_from(0, k, v, 3600)?,
             "retry-attempts" => retry_attempts = ranged(k, v, 100)? as u32,
             _ => {
                 if !cache_param(&mut cache, k, v, url)? {
@@ -524,6 +535,7 @@ fn parse_s3(
         storage_class,
         connect_timeout,
         io_timeout,
+        idle_timeout,
         retry_attempts,
         cache,
         original: url.to_string(),
@@ -580,10 +592,16 @@ mod tests {
             (u.connect_timeout, u.io_timeout, u.retry_attempts),
             (10, 30, 5)
         );
-        let u = s3("s3://bkt?connect-timeout=1&io-timeout=2&retry-attempts=1");
+        assert_eq!(u.idle_timeout, 60);
+        let u = s3("s3://bkt?connect-timeout=1&io-timeout=2&retry-attempts=1&idle-timeout=0");
         assert_eq!(
-            (u.connect_timeout, u.io_timeout, u.retry_attempts),
-            (1, 2, 1)
+            (
+                u.connect_timeout,
+                u.io_timeout,
+                u.retry_attempts,
+                u.idle_timeout
+            ),
+            (1, 2, 1, 0)
         );
         for bad in [
             "connect-timeout=0",
@@ -592,6 +610,8 @@ mod tests {
             "retry-attempts=0",
             "retry-attempts=101",
             "connect-timeout=+3",
+            "idle-timeout=3601",
+            "idle-timeout=-1",
         ] {
             let m = err(&format!("s3://bkt?{bad}"));
             assert!(m.contains(bad) && m.contains("whole number"), "{m}");

@@ -6,10 +6,9 @@
 //! turn certificate verification off.
 
 use crate::error::Error;
-use rustls::RootCertStore;
-use rustls_pki_types::{pem::PemObject, CertificateDer};
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use ureq::tls::{Certificate, RootCerts};
 
 /// The bundle paths tried after the environment variables, in order.
 pub const SYSTEM_BUNDLES: &[&str] = &[
@@ -53,13 +52,9 @@ pub fn trust_source(
 
 /// Load the roots of `source`. A named file must exist and hold at least one usable
 /// certificate; a system bundle that yields none falls back to webpki-roots.
-pub fn root_store(source: &TrustSource) -> Result<RootCertStore, Error> {
-    let mut store = RootCertStore::empty();
+pub fn root_certs(source: &TrustSource) -> Result<RootCerts, Error> {
     let (path, named) = match source {
-        TrustSource::WebpkiRoots => {
-            store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-            return Ok(store);
-        }
+        TrustSource::WebpkiRoots => return Ok(RootCerts::WebPki),
         TrustSource::Named { var, path } => (path, Some(*var)),
         TrustSource::System(path) => (path, None),
     };
@@ -71,32 +66,29 @@ pub fn root_store(source: &TrustSource) -> Result<RootCertStore, Error> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
         .map_err(|e| Error::Other(format!("{what} is not valid PEM: {e}")))?;
-    let (added, _ignored) = store.add_parsable_certificates(certs);
-    if added == 0 {
+    // Keep what rustls can use as a trust anchor, as it would when building its store.
+    let usable: Vec<Certificate<'static>> = certs
+        .iter()
+        .filter(|c| {
+            let mut one = rustls::RootCertStore::empty();
+            one.add_parsable_certificates([(*c).clone()]).0 == 1
+        })
+        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .collect();
+    if usable.is_empty() {
         if named.is_some() {
             return Err(Error::Other(format!(
                 "{what} holds no usable CA certificates; point it at a PEM bundle"
             )));
         }
-        store.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(RootCerts::WebPki);
     }
-    Ok(store)
+    Ok(RootCerts::new_with_certs(&usable))
 }
 
-/// A client config trusting `roots`.
-pub fn config_with_roots(roots: RootCertStore) -> Result<Arc<rustls::ClientConfig>, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Other(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
-
-/// The client config for ureq's `AgentBuilder::tls_config`, from the process
-/// environment. `trust_file`, when given, replaces the environment lookup (tests).
-pub fn client_config_with(trust_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, Error> {
+/// The roots for an HTTPS S3 endpoint, from the process environment. `trust_file`,
+/// when given, replaces the environment lookup (the S3 configuration names one).
+pub fn root_certs_with(trust_file: Option<&Path>) -> Result<RootCerts, Error> {
     let source = match trust_file {
         Some(p) => TrustSource::Named {
             var: "the S3 configuration",
@@ -104,12 +96,7 @@ pub fn client_config_with(trust_file: Option<&Path>) -> Result<Arc<rustls::Clien
         },
         None => trust_source(&|k| std::env::var(k).ok(), &|p| p.is_file()),
     };
-    config_with_roots(root_store(&source)?)
-}
-
-/// The client config from the process environment.
-pub fn client_config() -> Result<Arc<rustls::ClientConfig>, Error> {
-    client_config_with(None)
+    root_certs(&source)
 }
 
 #[cfg(test)]
@@ -148,14 +135,14 @@ mod tests {
             var: "SSL_CERT_FILE",
             path: "/nonexistent/ca.pem".into(),
         };
-        let m = root_store(&missing).unwrap_err().to_string();
+        let m = root_certs(&missing).unwrap_err().to_string();
         assert!(
             m.contains("/nonexistent/ca.pem") && m.contains("SSL_CERT_FILE"),
             "{m}"
         );
         let p = std::env::temp_dir().join(format!("narpush-tls-empty-{}.pem", std::process::id()));
         std::fs::write(&p, "no certificates here\n").unwrap();
-        let m = root_store(&TrustSource::Named {
+        let m = root_certs(&TrustSource::Named {
             var: "SSL_CERT_FILE",
             path: p.clone(),
         })
@@ -167,7 +154,9 @@ mod tests {
 
     #[test]
     fn webpki_fallback_has_roots() {
-        assert!(!root_store(&TrustSource::WebpkiRoots).unwrap().is_empty());
-        assert!(config_with_roots(root_store(&TrustSource::WebpkiRoots).unwrap()).is_ok());
+        assert!(matches!(
+            root_certs(&TrustSource::WebpkiRoots).unwrap(),
+            RootCerts::WebPki
+        ));
     }
 }

@@ -419,3 +419,31 @@ fn the_bucket_check_fails_on_a_bucket_it_cannot_read() {
     let msg = msg.downcast_ref::<String>().unwrap();
     assert!(msg.contains("cannot read bucket directory"), "{msg}");
 }
+
+#[test]
+fn a_push_of_200_paths_opens_at_most_one_connection_per_request_in_flight() {
+    let s = server();
+    let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);
+    let paths = small_paths("reuse", 200);
+    let env = Env::new("reuse", &s);
+    let mut c = env.narpush();
+    // 8 jobs: 8 uploads at once, and the existence checks (HEADs) use 8 threads.
+    c.args(["--to", &proxy.url(BUCKET, ""), "--jobs", "8"])
+        .args(&paths);
+    let (out, _) = common::cachecheck::timed(&mut c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (cached, _) = check_all(&s, BUCKET, &paths, &env.pending());
+    assert_eq!(cached.len(), paths.len());
+    let reqs = proxy.requests();
+    let conns: std::collections::BTreeSet<usize> = reqs.iter().map(|r| r.conn).collect();
+    // HEAD, NAR and narinfo per path (and nix-cache-info): hundreds of requests
+    // over at most one connection per request in flight (without reuse: one each).
+    assert!(reqs.len() >= 3 * paths.len(), "{} requests", reqs.len());
+    assert!(
+        conns.len() <= 8,
+        "{} connections for {} requests",
+        conns.len(),
+        reqs.len()
+    );
+    common::proxy::assert_signs_only_what_it_must(&reqs);
+}

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::proxy::{Action, Proxy, Req};
 use common::s3server::{free_port, temp_dir, S3Server};
 use common::tlsutil::{make_ca_and_cert, start_stunnel};
 use narpush::creds::Credentials;
@@ -272,7 +273,32 @@ fn wrong_secret_fails_fast_with_code_bucket_and_endpoint() {
     let e = c.head_object("x.narinfo").unwrap_err();
     assert_eq!(e.attempts, 1, "{e}");
     assert_eq!(e.status(), Some(403), "{e}");
+    // A HEAD's 403 has no body: the real reason comes from a GET of the same key
+    // (AWS and MinIO call it InvalidAccessKeyId, s3s NotSignedUp).
+    assert_eq!(e.code(), Some("NotSignedUp"), "{e}");
+    assert!(e.to_string().contains("check the access key id"), "{e}");
     assert_no_secret(&e.to_string(), &s);
+}
+
+#[test]
+fn a_head_answered_403_names_the_real_reason() {
+    let s = S3Server::start();
+    s.create_bucket("nix-cache");
+    let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);
+    let url = proxy.url("nix-cache", "");
+    let c = Client::new(config(&url, &s.access_key, "not-the-secret")).unwrap();
+    let e = c.head_object("x.narinfo").unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(403), Some("SignatureDoesNotMatch")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("check the secret key"), "{e}");
+    // Asked once per client: a later HEAD's 403 costs no second GET.
+    let e = c.head_object("y.narinfo").unwrap_err();
+    assert_eq!(e.code(), Some("SignatureDoesNotMatch"), "{e}");
+    let methods: Vec<String> = proxy.requests().iter().map(|r| r.method.clone()).collect();
+    assert_eq!(methods, ["HEAD", "GET", "HEAD"]);
 }
 
 #[test]
@@ -623,6 +649,12 @@ fn forbidden_is_not_retried_and_head_403_is_access_denied() {
             &s3_error_xml("AccessDenied", "Access Denied"),
         ),
         http("403 Forbidden", "", ""),
+        // The GET that asks a bodiless 403 for its reason.
+        http(
+            "403 Forbidden",
+            "",
+            &s3_error_xml("AccessDenied", "Access Denied"),
+        ),
     ]);
     let c = srv.client(quick_retry());
     let e = c.get_object("x.narinfo").unwrap_err();
@@ -634,7 +666,31 @@ fn forbidden_is_not_retried_and_head_403_is_access_denied() {
     );
     let e = c.head_object("x.narinfo").unwrap_err();
     assert_eq!((e.code(), e.attempts), (Some("AccessDenied"), 1), "{e}");
-    assert_eq!(srv.finish().len(), 2);
+    assert_eq!(srv.finish().len(), 3);
+}
+
+#[test]
+fn a_head_403_from_an_unknown_access_key_says_so() {
+    let srv = Scripted::start(vec![
+        http("403 Forbidden", "", ""),
+        http(
+            "403 Forbidden",
+            "",
+            &s3_error_xml(
+                "InvalidAccessKeyId",
+                "The AWS Access Key Id you provided does not exist in our records.",
+            ),
+        ),
+    ]);
+    let c = srv.client(quick_retry());
+    let e = c.head_object("x.narinfo").unwrap_err();
+    assert_eq!(e.code(), Some("InvalidAccessKeyId"), "{e}");
+    assert!(e.to_string().contains("check the access key id"), "{e}");
+    let reqs = srv.finish();
+    assert!(
+        reqs[0].starts_with("HEAD ") && reqs[1].starts_with("GET "),
+        "{reqs:?}"
+    );
 }
 
 #[test]
@@ -797,4 +853,123 @@ fn a_client_that_sends_fewer_requests_than_scripted_fails_instead_of_hanging() {
     let msg = r.expect_err("an unfinished script passed");
     let msg = msg.downcast_ref::<String>().unwrap();
     assert!(msg.contains("sent 1 of 2 scripted requests"), "{msg}");
+}
+
+/// A client through a counting proxy with these URL parameters.
+fn proxied(server: &S3Server, proxy: &Proxy, extra: &str) -> Client {
+    Client::new(config(
+        &proxy.url("reuse", extra),
+        &server.access_key,
+        &server.secret_key,
+    ))
+    .expect("client")
+}
+
+#[test]
+fn connections_are_reused_until_idle_past_the_limit() {
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);
+    let conns = |p: &Proxy| {
+        p.requests()
+            .iter()
+            .map(|r| r.conn)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    };
+    // Within the limit: one connection for every request, also after a pause.
+    let c = proxied(&s, &proxy, "&idle-timeout=60");
+    c.put_object("a", b"1", "text/plain").unwrap();
+    for _ in 0..5 {
+        assert!(c.head_object("a").unwrap().is_some());
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(c.head_object("a").unwrap().is_some());
+    assert_eq!((proxy.requests().len(), conns(&proxy)), (7, 1));
+    // Idle for longer than the limit: a new connection.
+    let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);
+    let c = proxied(&s, &proxy, "&idle-timeout=1");
+    c.put_object("b", b"2", "text/plain").unwrap();
+    assert!(c.head_object("b").unwrap().is_some());
+    assert_eq!(conns(&proxy), 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(c.head_object("b").unwrap().is_some());
+    assert_eq!((proxy.requests().len(), conns(&proxy)), (3, 2));
+    // idle-timeout=0: a connection per request.
+    let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);
+    let c = proxied(&s, &proxy, "&idle-timeout=0");
+    for _ in 0..3 {
+        assert!(c.head_object("b").unwrap().is_some());
+    }
+    assert_eq!(conns(&proxy), 3);
+}
+
+#[test]
+fn a_stall_on_a_reused_connection_times_out() {
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    // The first request is answered, every later one stalls.
+    let proxy = Proxy::start(s.port, |r: &Req| {
+        if r.index == 0 {
+            Action::Forward
+        } else {
+            Action::Stall
+        }
+    });
+    let c = proxied(&s, &proxy, "&io-timeout=2&retry-attempts=1");
+    assert_eq!(c.head_object("x").unwrap(), None);
+    let t = Instant::now();
+    let e = c
+        .put_object("x", &data(3 * MIB, 5), "application/octet-stream")
+        .unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(
+            &e.kind,
+            S3ErrorKind::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let reqs = proxy.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(
+        reqs[1].conn, reqs[0].conn,
+        "the PUT went over the reused connection"
+    );
+    // The 2 s read/write timeout held on the reused connection (a bound, not a
+    // measurement: without one the client would wait for the proxy's 120 s).
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+#[test]
+fn every_operation_signs_only_what_it_must() {
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);
+    let c = proxied(&s, &proxy, "");
+    c.put_object("a.narinfo", b"x", "text/x-nix-narinfo")
+        .unwrap();
+    assert!(c.head_object("a.narinfo").unwrap().is_some());
+    assert!(c.get_object("a.narinfo").unwrap().is_some());
+    c.list_objects_v2("").unwrap();
+    let mut up = StreamingUpload::new(&c, "nar/m.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
+    up.write_all(&data(11 * MIB, 9)).unwrap();
+    up.finish().unwrap();
+    let mut up = StreamingUpload::new(&c, "nar/d.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
+    up.write_all(&data(6 * MIB, 8)).unwrap();
+    up.flush().unwrap();
+    drop(up);
+    c.delete_objects(&["a.narinfo".to_string(), "nar/m.nar".to_string()])
+        .unwrap();
+    let reqs = proxy.requests();
+    let ops: std::collections::BTreeSet<String> = reqs
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.target.split('=').next().unwrap_or("")))
+        .collect();
+    // PUT, HEAD, GET, list, create/part/complete/abort multipart, DeleteObjects.
+    assert!(ops.len() >= 8, "{ops:?}");
+    common::proxy::assert_signs_only_what_it_must(&reqs);
 }

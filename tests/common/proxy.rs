@@ -52,6 +52,35 @@ impl Req {
     pub fn is_nar(&self) -> bool {
         self.target.contains("/nar/")
     }
+    /// The header names its Authorization header says are signed (none if unsigned).
+    pub fn signed_headers(&self) -> Vec<String> {
+        self.head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+            .filter_map(|(_, v)| v.split("SignedHeaders=").nth(1))
+            .flat_map(|v| v.split(',').next().unwrap_or("").split(';'))
+            .map(|h| h.trim().to_string())
+            .collect()
+    }
+}
+
+/// Panics unless every request signs only what must be signed: `host`, `x-amz-*`,
+/// `content-type` and `content-md5` (never a header a CDN may rewrite).
+pub fn assert_signs_only_what_it_must(reqs: &[Req]) {
+    for r in reqs {
+        let signed = r.signed_headers();
+        assert!(signed.iter().any(|h| h == "host"), "unsigned: {}", r.head);
+        for h in &signed {
+            assert!(
+                matches!(h.as_str(), "host" | "content-type" | "content-md5")
+                    || h.starts_with("x-amz-"),
+                "{} {} signs {h}",
+                r.method,
+                r.target
+            );
+        }
+    }
 }
 
 /// What to do with one request.
