@@ -34,6 +34,15 @@ pub enum Command {
     },
     /// Push the pending list.
     Retry,
+    /// Push the queue now (or wait for the running pusher); `None`: give-up-after.
+    Flush { timeout: Option<std::time::Duration> },
+    /// Report on the queue and the pusher.
+    Status {
+        json: bool,
+        max_age: Option<std::time::Duration>,
+    },
+    /// The background pusher.
+    Pusher,
     /// Write `out.sec` and `out.pub` for key `name`.
     Keygen { name: String, out: PathBuf },
     /// Print this text to stdout and exit 0.
@@ -85,7 +94,18 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Hook mode pushes before exiting (`--wait`, implied by strict) instead of queueing.
+    pub wait: bool,
+    /// Paths whose name matches are neither queued nor pushed.
+    pub exclude: Vec<crate::glob::Glob>,
+    /// How long the pusher retries an unreachable cache before it exits.
+    pub give_up_after: std::time::Duration,
+    /// Whether a hook starts the pusher itself (false under systemd's path unit).
+    pub spawn_pusher: bool,
 }
+
+/// The default of `give-up-after`.
+pub const DEFAULT_GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The config file read when neither `--config` nor `NARPUSH_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
@@ -93,7 +113,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
 pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
 
 const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
-compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir";
+compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir, \
+wait, exclude, give-up-after, spawn-pusher";
 
 /// Resolve `args`, the environment (`env("NAME")`) and the config file into a
 /// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
@@ -180,6 +201,10 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         verbose: false,
         state_dir: PathBuf::new(),
         config_file: None,
+        wait: false,
+        exclude: Vec::new(),
+        give_up_after: DEFAULT_GIVE_UP_AFTER,
+        spawn_pusher: true,
     };
     let paths = match args.command {
         RawCommand::Help(topic) => {
@@ -199,11 +224,41 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
             return Ok(config);
         }
         RawCommand::Retry => None,
+        RawCommand::Flush => {
+            let timeout = match &args.timeout {
+                Some(t) => Some(
+                    crate::queue::parse_duration(t)
+                        .map_err(|e| Error::Usage(format!("--timeout {e}")))?,
+                ),
+                None => None,
+            };
+            config.command = Command::Flush { timeout };
+            None
+        }
+        RawCommand::Status => {
+            let max_age = match &args.max_age {
+                Some(t) => Some(
+                    crate::queue::parse_duration(t)
+                        .map_err(|e| Error::Usage(format!("--max-age {e}")))?,
+                ),
+                None => None,
+            };
+            config.command = Command::Status {
+                json: args.json,
+                max_age,
+            };
+            None
+        }
+        RawCommand::Pusher => {
+            config.command = Command::Pusher;
+            None
+        }
         RawCommand::Push { paths } => Some(paths),
     };
 
     config.command = match paths {
-        None => Command::Retry,
+        None if config.command == Command::Version => Command::Retry,
+        None => config.command,
         Some(paths) => {
             let hook = if paths.is_empty() {
                 hook_env(&env)
@@ -380,6 +435,45 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         )));
     }
 
+    config.wait = if args.wait {
+        true
+    } else if let Some(s) = env("NARPUSH_WAIT") {
+        parse_env_bool("NARPUSH_WAIT", &s)?
+    } else {
+        file.wait.unwrap_or(false)
+    } || config.strict;
+
+    config.spawn_pusher = match env("NARPUSH_SPAWN_PUSHER") {
+        Some(s) => parse_env_bool("NARPUSH_SPAWN_PUSHER", &s)?,
+        None => file.spawn_pusher.unwrap_or(true),
+    };
+
+    let (patterns, from) = if !args.exclude.is_empty() {
+        (args.exclude, "--exclude".to_string())
+    } else if let Some((p, line)) = file.exclude {
+        (p, at(line, "exclude"))
+    } else {
+        (Vec::new(), String::new())
+    };
+    config.exclude = patterns
+        .iter()
+        .map(|p| crate::glob::Glob::new(p).map_err(|e| Error::Usage(format!("{from}: {e}"))))
+        .collect::<Result<_>>()?;
+
+    config.give_up_after = match (
+        args.give_up_after,
+        env("NARPUSH_GIVE_UP_AFTER"),
+        file.give_up_after,
+    ) {
+        (Some(d), _, _) => crate::queue::parse_duration(&d)
+            .map_err(|e| Error::Usage(format!("--give-up-after {e}")))?,
+        (None, Some(d), _) => crate::queue::parse_duration(&d)
+            .map_err(|e| Error::Usage(format!("NARPUSH_GIVE_UP_AFTER: {e}")))?,
+        (None, None, Some((d, line))) => crate::queue::parse_duration(&d)
+            .map_err(|e| Error::Usage(format!("{}: {e}", at(line, "give-up-after"))))?,
+        _ => DEFAULT_GIVE_UP_AFTER,
+    };
+
     config.state_dir = match args.state_dir {
         Some(d) => d,
         None => match env("NARPUSH_STATE_DIR") {
@@ -444,6 +538,10 @@ struct FileValues {
     quiet: Option<bool>,
     verbose: Option<bool>,
     state_dir: Option<PathBuf>,
+    wait: Option<bool>,
+    spawn_pusher: Option<bool>,
+    exclude: Option<(Vec<String>, usize)>,
+    give_up_after: Option<(String, usize)>,
 }
 
 /// A value in the TOML subset.
@@ -587,6 +685,18 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
             "quiet" => v.quiet = Some(boolean(&value)?),
             "verbose" => v.verbose = Some(boolean(&value)?),
             "state-dir" => v.state_dir = Some(rel(string(value)?)),
+            "wait" => v.wait = Some(boolean(&value)?),
+            "spawn-pusher" => v.spawn_pusher = Some(boolean(&value)?),
+            "exclude" => v.exclude = Some((strings(value)?, line)),
+            "give-up-after" => {
+                v.give_up_after = Some((
+                    match value {
+                        Value::Int(n) if n >= 0 => n.to_string(),
+                        other => string(other)?,
+                    },
+                    line,
+                ))
+            }
             _ => {
                 return Err(err(
                     line,
