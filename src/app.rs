@@ -262,17 +262,19 @@ fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
 fn without_excluded(config: &Config, roots: Vec<StorePath>, store_dir: &str) -> Vec<StorePath> {
     roots
         .into_iter()
-        .filter(|r| match crate::glob::first_match(&config.exclude, r.name()) {
-            Some(g) => {
-                eprintln!(
-                    "narpush: skipped {}: excluded by '{}'",
-                    r.to_full(store_dir),
-                    g.as_str()
-                );
-                false
-            }
-            None => true,
-        })
+        .filter(
+            |r| match crate::glob::first_match(&config.exclude, r.name()) {
+                Some(g) => {
+                    eprintln!(
+                        "narpush: skipped {}: excluded by '{}'",
+                        r.to_full(store_dir),
+                        g.as_str()
+                    );
+                    false
+                }
+                None => true,
+            },
+        )
         .collect()
 }
 

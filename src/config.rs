@@ -35,7 +35,9 @@ pub enum Command {
     /// Push the pending list.
     Retry,
     /// Push the queue now (or wait for the running pusher); `None`: give-up-after.
-    Flush { timeout: Option<std::time::Duration> },
+    Flush {
+        timeout: Option<std::time::Duration>,
+    },
     /// Report on the queue and the pusher.
     Status {
         json: bool,

@@ -480,7 +480,8 @@ mod tests {
     fn queued_since_is_recorded_and_pruned() {
         let dir = tmpdir("since");
         let list = PendingList::open(&dir).unwrap();
-        list.append(&[p("/nix/store/a"), p("/nix/store/b")]).unwrap();
+        list.append(&[p("/nix/store/a"), p("/nix/store/b")])
+            .unwrap();
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -489,7 +490,10 @@ mod tests {
         assert!(t.iter().all(|t| (now - 5..=now).contains(t)), "{t:?}");
         list.remove(&[p("/nix/store/a")]).unwrap();
         let side = std::fs::read_to_string(dir.join("pending.since")).unwrap();
-        assert!(!side.contains("/nix/store/a") && side.contains("/nix/store/b"), "{side}");
+        assert!(
+            !side.contains("/nix/store/a") && side.contains("/nix/store/b"),
+            "{side}"
+        );
         let n = list.locked(|e| e.len()).unwrap();
         assert_eq!(n, 1);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -50,7 +50,9 @@ pub fn run_queue_hook(config: &Config, hook: &HookEnv) -> Result<i32> {
                 }
                 entries.push(tok.clone());
             }
-            Ok(_) => eprintln!("narpush: ignored OUT_PATHS entry {tok}: not an absolute store path"),
+            Ok(_) => {
+                eprintln!("narpush: ignored OUT_PATHS entry {tok}: not an absolute store path")
+            }
             Err(e) => eprintln!("narpush: ignored OUT_PATHS entry {tok}: {e}"),
         }
     }
@@ -174,7 +176,10 @@ fn resolve_entries(
             eprintln!(
                 "narpush: dropping {p}: nothing valid to push in the local store (garbage-collected?)"
             );
-            note("dropped", &format!("{p}: nothing valid to push (garbage-collected?)"));
+            note(
+                "dropped",
+                &format!("{p}: nothing valid to push (garbage-collected?)"),
+            );
             gone.push(p.clone());
             continue;
         }
@@ -262,10 +267,7 @@ fn pass(
         }
     };
     summary(config, &report, &target.cache);
-    let failed: BTreeMap<&str, String> = report
-        .failed()
-        .map(|(p, e)| (p, e.to_string()))
-        .collect();
+    let failed: BTreeMap<&str, String> = report.failed().map(|(p, e)| (p, e.to_string())).collect();
     if let Some((_, e)) = report.failed().find(|(_, e)| e.is_transient()) {
         plog.write("outage", &format!("{} (at {})", e, target.cache.describe()));
     }
@@ -453,7 +455,10 @@ pub fn run_pusher(config: &Config, env: Env) -> Result<i32> {
     let (end, new) = drain(config, env, &list, guard, !spawned, None, &reasons)?;
     match end {
         Drained::Empty => {
-            plog.write("pusher", &format!("{} done: queue empty", std::process::id()));
+            plog.write(
+                "pusher",
+                &format!("{} done: queue empty", std::process::id()),
+            );
             Ok(0)
         }
         Drained::GaveUp(left) => {
@@ -616,8 +621,9 @@ pub fn run_status(config: &Config, json: bool, max_age: Option<Duration>) -> Res
         }
         match &pusher {
             Some(s) => {
-                let since =
-                    crate::pushlog::timestamp(UNIX_EPOCH + Duration::from_secs(s.since.max(0) as u64));
+                let since = crate::pushlog::timestamp(
+                    UNIX_EPOCH + Duration::from_secs(s.since.max(0) as u64),
+                );
                 let mut line = format!("pusher: {} running since {since}", s.pid);
                 if s.total > 0 {
                     line += &format!(", {} of {} paths of this pass done", s.done, s.total);
@@ -636,7 +642,9 @@ pub fn run_status(config: &Config, json: bool, max_age: Option<Duration>) -> Res
             for e in &last {
                 println!(
                     "  {} {} {}",
-                    crate::pushlog::timestamp(UNIX_EPOCH + Duration::from_secs(e.time.max(0) as u64)),
+                    crate::pushlog::timestamp(
+                        UNIX_EPOCH + Duration::from_secs(e.time.max(0) as u64)
+                    ),
                     e.kind,
                     e.rest
                 );

@@ -158,7 +158,10 @@ mod tests {
     fn lines_parse_and_line_breaks_are_flattened() {
         let t = UNIX_EPOCH + Duration::from_secs(60);
         let l = format_line(t, "failed", "/nix/store/x: boom\nsecond line");
-        assert_eq!(l, "1970-01-01T00:01:00Z failed /nix/store/x: boom second line");
+        assert_eq!(
+            l,
+            "1970-01-01T00:01:00Z failed /nix/store/x: boom second line"
+        );
         assert_eq!(
             parse_line(&l),
             Some(Entry {

@@ -297,7 +297,9 @@ pub fn process_alive(pid: u32) -> bool {
 /// (`1h30m`).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let bad = || {
-        format!("'{s}' is not a duration; write e.g. 90s, 15min, 2h or 1d (a bare number is seconds)")
+        format!(
+            "'{s}' is not a duration; write e.g. 90s, 15min, 2h or 1d (a bare number is seconds)"
+        )
     };
     let t = s.trim();
     if t.is_empty() {
@@ -315,7 +317,10 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_alphabetic()).len();
+        let unit_len = rest.len()
+            - rest
+                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
+                .len();
         let unit = &rest[..unit_len];
         rest = rest[unit_len..].trim_start();
         let ms = match unit {
