@@ -1054,6 +1054,93 @@ mod tests {
     }
 
     #[test]
+    fn queue_settings_from_flags_env_and_file() {
+        let cf = no_file("queue-defaults");
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(!c.wait && c.spawn_pusher && c.exclude.is_empty());
+        assert_eq!(c.give_up_after, DEFAULT_GIVE_UP_AFTER);
+
+        let f = write_config(
+            "queue-file",
+            "wait = true\nspawn-pusher = false\nexclude = [\"*-source\", \"*.iso\"]\ngive-up-after = \"2h\"\n",
+        )
+        .display()
+        .to_string();
+        let env = Env::new(&[("NARPUSH_CONFIG", &f), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(c.wait && !c.spawn_pusher);
+        assert_eq!(c.exclude.len(), 2);
+        assert!(c.exclude[0].matches("nixpkgs-source"));
+        assert_eq!(c.give_up_after, std::time::Duration::from_secs(7200));
+        // The command line wins over the file; the environment over the file.
+        let c = resolve_as(
+            args(&[
+                "--exclude",
+                "linux-*",
+                "--give-up-after",
+                "90s",
+                "/nix/store/x",
+            ]),
+            &env.get(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.exclude.len(), 1);
+        assert_eq!(c.give_up_after, std::time::Duration::from_secs(90));
+        let env = Env::new(&[
+            ("NARPUSH_CONFIG", &cf),
+            ("HOME", "/home/u"),
+            ("NARPUSH_WAIT", "1"),
+            ("NARPUSH_SPAWN_PUSHER", "no"),
+        ]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(c.wait && !c.spawn_pusher);
+        // strict implies wait.
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["--strict", "/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(c.wait);
+
+        // Bad values name where they came from.
+        let bad = write_config("queue-bad", "exclude = [\"a[\"]\n");
+        let env = Env::new(&[("NARPUSH_CONFIG", bad.to_str().unwrap()), ("HOME", "/h")]);
+        let e = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap_err();
+        assert!(
+            e.to_string().contains("line 1: exclude") && e.to_string().contains("'a['"),
+            "{e}"
+        );
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/h")]);
+        let e = resolve_as(
+            args(&["--give-up-after", "soon", "/nix/store/x"]),
+            &env.get(),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--give-up-after 'soon' is not a duration"),
+            "{e}"
+        );
+        let e = resolve_as(args(&["flush", "--timeout", "x"]), &env.get(), false).unwrap_err();
+        assert!(e.to_string().contains("--timeout"), "{e}");
+        let c = resolve_as(
+            args(&["status", "--json", "--max-age", "1h"]),
+            &env.get(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.command,
+            Command::Status {
+                json: true,
+                max_age: Some(std::time::Duration::from_secs(3600))
+            }
+        );
+        let c = resolve_as(args(&["retry"]), &env.get(), false).unwrap();
+        assert_eq!(c.command, Command::Retry);
+    }
+
+    #[test]
     fn state_dir_defaults() {
         let cf = no_file("statedir");
         let p = |vars: &[(&str, &str)], root| {
