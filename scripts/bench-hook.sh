@@ -3,6 +3,7 @@
 # each writing a SIZE MiB output (default 20, random, so incompressible), built one
 # after another (max-jobs 1: Nix runs each hook in its build loop), with
 #   - no hook,
+#   - /bin/true as the hook (what the timing wrapper and Nix's hook start cost alone),
 #   - narpush queueing (the default: the hook queues, a detached pusher uploads),
 #   - narpush --wait (the hook uploads before it returns, as before the queue),
 #   - the Nix manual's example hook (`nix copy` of $OUT_PATHS; to file:// since
@@ -31,6 +32,7 @@ cleanup() {
     done
 }
 trap cleanup EXIT
+trap "exit 1" INT TERM
 nixopts=(--option sandbox false --option build-users-group "" --option substituters "" --option max-jobs 1)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
@@ -99,6 +101,7 @@ NIX
     [ "$mode" = none ] || hookopt=(--option post-build-hook "$work/timed-hook")
     local hook=$NARPUSH
     [ "$mode" = nixcopy ] && hook="$work/nix-copy-hook"
+    [ "$mode" = true ] && hook=/bin/true
     [ "$server" = frozen ] && kill -STOP "$s3pid"
     local t0 t1
     t0=$(now_ms)
@@ -120,6 +123,7 @@ NIX
 echo "| hook | builds | per hook, median | per hook, max | nix-build |"
 echo "|---|---|---|---|---|"
 run "none" up none "$N"
+run "/bin/true (baseline: the wrapper's own cost)" up true "$N"
 run "narpush (queue), server up" up queue "$N"
 run "narpush (queue), server frozen" frozen queue "$N"
 run "narpush --wait, server up" up wait "$N"
@@ -133,7 +137,9 @@ run "narpush --wait, server frozen" frozen wait "$WAIT_STALLED"
     echo
     echo "nix-build of N derivations, each writing a ${SIZE} MiB random output, one at a time"
     echo "(max-jobs 1), Nix $(nix --version | awk '{print $NF}'), on $(nproc) cores, to s3s-fs on 127.0.0.1"
-    echo "(frozen = SIGSTOP: accepts connections, answers nothing). Run on $(date -u +%Y-%m-%d)."
+    echo "(frozen = SIGSTOP: accepts connections, answers nothing). Run on $(date -u +%Y-%m-%d),"
+    echo "load average at the end $(cut -d' ' -f1-3 /proc/loadavg). Per-hook times include the timing"
+    echo "wrapper (a shell and two \`date\` processes): the /bin/true row is that baseline."
     echo
     echo "| hook | builds | per hook, median | per hook, max | nix-build |"
     echo "|---|---|---|---|---|"

@@ -199,9 +199,13 @@ pub fn spawn_pusher(state_dir: &Path, config_file: Option<&Path>) -> Result<u32>
     let log2 = log
         .try_clone()
         .map_err(|e| Error::io("open", &log_path, e))?;
-    // The hook's own options (no paths in hook mode), minus a leading `push`.
+    // This run's own options (no paths in hook mode), minus its subcommand
+    // (`push`, or `retry`/`pusher` starting a successor): `pusher` takes the same.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if args.first().is_some_and(|a| a == "push") {
+    if args
+        .first()
+        .is_some_and(|a| a == "push" || a == "retry" || a == "pusher")
+    {
         args.remove(0);
     }
     let mut cmd = std::process::Command::new(exe);

@@ -488,6 +488,10 @@ fn flush_and_status_with_the_server_down_then_up() {
     );
     assert_eq!(pending(&s.state), BTreeSet::from([path.clone()]));
     assert!(log(&s).contains(" outage "), "{}", log(&s));
+    assert!(
+        !log(&s).contains(&s.s3.secret_key),
+        "the secret key is in STATE/log"
+    );
 
     s.s3.restart();
     let up = output_within(
