@@ -46,12 +46,15 @@ test-cross: cross
 bench: deps build
 	bash scripts/bench.sh
 	bash scripts/bench-net.sh
+	bash scripts/bench-hook.sh
 
 install: build
 	install -D -m 0755 $(TARGET_DIR)/release/narpush $(DESTDIR)$(PREFIX)/bin/narpush
 	install -D -m 0755 hooks/narpush-hook $(DESTDIR)$(PREFIX)/libexec/narpush/narpush-hook
 	install -D -m 0644 hooks/systemd/narpush-retry.service $(DESTDIR)$(PREFIX)/share/narpush/systemd/narpush-retry.service
 	install -D -m 0644 hooks/systemd/narpush-retry.timer $(DESTDIR)$(PREFIX)/share/narpush/systemd/narpush-retry.timer
+	install -D -m 0644 hooks/systemd/narpush-pusher.service $(DESTDIR)$(PREFIX)/share/narpush/systemd/narpush-pusher.service
+	install -D -m 0644 hooks/systemd/narpush-pusher.path $(DESTDIR)$(PREFIX)/share/narpush/systemd/narpush-pusher.path
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/bin/narpush $(DESTDIR)$(PREFIX)/libexec/narpush/narpush-hook

@@ -1,5 +1,8 @@
 # NixOS module: narpush as Nix's post-build-hook on a builder, pushing every local
-# build as a signed binary cache to S3, plus a timer that retries what failed.
+# build as a signed binary cache to S3. The hook only queues (it never blocks the
+# build loop); a systemd path unit starts narpush-pusher.service, which uploads the
+# queue at low CPU and IO priority, whenever a hook queues something; a timer
+# retries what an outage left.
 #
 #   services.narpush = {
 #     enable = true;
@@ -26,6 +29,10 @@ let
     compression = cfg.compression;
     upstream-key = cfg.upstreamKeys;
     state-dir = cfg.stateDir;
+    # The hook only queues; narpush-pusher.path starts the pusher service.
+    spawn-pusher = false;
+  } // lib.optionalAttrs (cfg.exclude != [ ]) {
+    exclude = cfg.exclude;
   } // cfg.extraConfig;
 
   # A run-time path, not a store path: refuse one that would put a secret in the store.
@@ -102,6 +109,29 @@ in
       description = "Where narpush keeps the list of paths whose push failed, for `narpush retry`.";
     };
 
+    exclude = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "*-source" "*.iso" ];
+      description = ''
+        Store paths whose name (the part after the hash) matches one of these globs
+        are neither queued nor pushed as dependencies.
+      '';
+    };
+
+    pusher = {
+      nice = mkOption {
+        type = types.ints.between (-20) 19;
+        default = 10;
+        description = "CPU priority (Nice=) of narpush-pusher.service, so builds stay responsive.";
+      };
+      ioSchedulingClass = mkOption {
+        type = types.enum [ "idle" "best-effort" "realtime" ];
+        default = "idle";
+        description = "IOSchedulingClass= of narpush-pusher.service (idle: only when no one else reads or writes).";
+      };
+    };
+
     retryInterval = mkOption {
       type = types.str;
       default = "15min";
@@ -147,6 +177,35 @@ in
       serviceConfig = {
         Type = "oneshot";
         ExecStart = "${exe} retry";
+        StateDirectory = lib.mkIf (cfg.stateDir == "/var/lib/narpush") "narpush";
+        StateDirectoryMode = "0700";
+      };
+    };
+
+    # The hook creates stateDir/pusher.wake after queueing; the pusher removes it
+    # before it reads the queue, and systemd checks the path again when the service
+    # stops, so a build queued during a run starts the next one.
+    systemd.paths.narpush-pusher = {
+      description = "Start the narpush pusher when a build is queued";
+      wantedBy = [ "paths.target" ];
+      pathConfig = {
+        PathExists = "${cfg.stateDir}/pusher.wake";
+        Unit = "narpush-pusher.service";
+      };
+    };
+
+    systemd.services.narpush-pusher = {
+      description = "Push the Nix store paths narpush hooks queued";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      path = [ config.nix.package ];
+      serviceConfig = {
+        Type = "exec";
+        ExecStart = "${exe} pusher";
+        Nice = cfg.pusher.nice;
+        IOSchedulingClass = cfg.pusher.ioSchedulingClass;
+        StandardOutput = "journal";
+        StandardError = "journal";
         StateDirectory = lib.mkIf (cfg.stateDir == "/var/lib/narpush") "narpush";
         StateDirectoryMode = "0700";
       };

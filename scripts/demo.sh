@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job end to end, on this machine: a local S3 server (s3s-fs, which checks
-# SigV4 signatures), a signing key, a Nix build with narpush as its post-build-hook,
-# and a fresh Nix store that substitutes the result from the bucket over HTTP with
+# SigV4 signatures), a signing key, a Nix build with narpush as its post-build-hook
+# (which only queues the outputs and returns at once; a background pusher uploads
+# them), `narpush status` and `narpush flush` waiting for the pusher, and a fresh Nix store that substitutes the result from the bucket over HTTP with
 # signatures required and only narpush's key trusted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +38,7 @@ state-dir = "$work/state"
 TOML
 cat "$work/narpush.toml"
 
-say "3. nix-build with post-build-hook = narpush"
+say "3. nix-build with post-build-hook = narpush (the hook queues and returns at once)"
 tag="demo-$(date +%s%N)"
 cat > "$work/demo.nix" <<NIX
 let
@@ -45,14 +46,21 @@ let
   greeting = mk "demo-greeting" "echo 'hello from a narpush cache' > \$out";
 in mk "demo-hello" "mkdir -p \$out/bin; printf '#!/bin/sh\\ncat %s\\n' \${greeting} > \$out/bin/hello; chmod +x \$out/bin/hello"
 NIX
+t0=$(date +%s%3N)
 out=$(NARPUSH_CONFIG="$work/narpush.toml" nix-build "$work/demo.nix" --no-out-link "${nixopts[@]}" \
   --option post-build-hook "$NARPUSH" 2>&1 | tee "$work/build.log" | grep -v '^/nix/store' >&2; tail -1 "$work/build.log")
-echo "built $out"
+t1=$(date +%s%3N)
+echo "built $out; nix-build returned after $((t1 - t0)) ms (the pusher uploads in the background)"
 
-say "4. what is in the bucket"
+say "4. narpush status right after the build, then narpush flush (waits for the pusher)"
+NARPUSH_CONFIG="$work/narpush.toml" "$NARPUSH" status || true
+NARPUSH_CONFIG="$work/narpush.toml" "$NARPUSH" flush --timeout 5min
+NARPUSH_CONFIG="$work/narpush.toml" "$NARPUSH" status
+
+say "5. what is in the bucket"
 (cd "$work/s3/nix-cache" && find . -type f ! -path './.*' | sort | sed 's|^\./|  |')
 
-say "5. a fresh store substitutes it from the bucket (HTTP), signatures required"
+say "6. a fresh store substitutes it from the bucket (HTTP), signatures required"
 hport=$(free_port)
 python3 -m http.server --bind 127.0.0.1 "$hport" --directory "$work/s3/nix-cache" >/dev/null 2>&1 &
 pids+=($!)
@@ -64,4 +72,4 @@ nix-store --store "$work/client" --realise "$out" "${nixopts[@]}" \
 echo "running it from the client store:"
 sh -c "sed 's|/nix/store|$work/client/nix/store|' '$work/client$out/bin/hello' | sh"
 
-say "done: the build was pushed by the hook and substituted with require-sigs (work dir $work)"
+say "done: the build was queued by the hook, pushed by the pusher and substituted with require-sigs (work dir $work)"

@@ -34,11 +34,15 @@ pub fn run(config: Config, env: Env) -> Result<i32> {
         Command::Push { paths, hook } => {
             let (paths, hook) = (paths.clone(), hook.clone());
             match hook {
+                Some(h) if !config.wait => crate::pusher::run_queue_hook(&config, &h),
                 Some(h) => run_hook(&config, &h, env),
                 None => run_push(&config, &paths, env),
             }
         }
-        Command::Retry => run_retry(&config, env),
+        Command::Retry => crate::pusher::run_retry(&config, env),
+        Command::Flush { timeout } => crate::pusher::run_flush(&config, env, *timeout),
+        Command::Status { json, max_age } => crate::pusher::run_status(&config, *json, *max_age),
+        Command::Pusher => crate::pusher::run_pusher(&config, env),
     }
 }
 
@@ -77,12 +81,12 @@ fn keygen(name: &str, out: &Path) -> Result<i32> {
 }
 
 /// Everything a push needs, built from the configuration.
-struct Target {
-    cache: Cache,
-    opts: PushOptions,
+pub(crate) struct Target {
+    pub(crate) cache: Cache,
+    pub(crate) opts: PushOptions,
 }
 
-fn open_target(config: &Config, env: Env) -> Result<Target> {
+pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
     let to = config.to.as_deref().ok_or_else(|| {
         Error::Usage(
             "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
@@ -147,12 +151,13 @@ fn open_target(config: &Config, env: Env) -> Result<Target> {
         jobs: config.jobs,
         compression_threads: config.compression_threads as u32,
         progress: !config.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        exclude: config.exclude.clone(),
     };
     Ok(Target { cache, opts })
 }
 
 /// The per-path lines, as they happen.
-fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
+pub(crate) fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
     move |ev: &Event| match ev {
         Event::Pushed {
             path,
@@ -175,12 +180,15 @@ fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
         Event::Upstream { path } if config.verbose => {
             println!("skipped {path}: signed by an upstream cache")
         }
+        Event::Excluded { path, pattern } if config.verbose => {
+            println!("skipped {path}: excluded by '{pattern}'")
+        }
         Event::Failed { path, error } => eprintln!("narpush: failed {path}: {error}"),
         _ => {}
     }
 }
 
-fn summary(config: &Config, report: &Report, cache: &Cache) {
+pub(crate) fn summary(config: &Config, report: &Report, cache: &Cache) {
     if config.quiet {
         return;
     }
@@ -236,7 +244,10 @@ fn resolve_args(paths: &[PathBuf], store_dir: &str) -> Result<Vec<StorePath>> {
 /// By hand: every failure is an error (exit 1), with a line per path.
 fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
     let nix = LocalNix::detect()?;
-    let roots = resolve_args(paths, &nix.store_dir)?;
+    let roots = without_excluded(config, resolve_args(paths, &nix.store_dir)?, &nix.store_dir);
+    if roots.is_empty() {
+        return Ok(0);
+    }
     let target = open_target(config, env)?;
     let report = push::push(&nix, &target.cache, &roots, &target.opts, &logger(config))?;
     summary(config, &report, &target.cache);
@@ -245,6 +256,26 @@ fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
     } else {
         0
     })
+}
+
+/// Leave out (and report) the given paths that `--exclude` names.
+fn without_excluded(config: &Config, roots: Vec<StorePath>, store_dir: &str) -> Vec<StorePath> {
+    roots
+        .into_iter()
+        .filter(
+            |r| match crate::glob::first_match(&config.exclude, r.name()) {
+                Some(g) => {
+                    eprintln!(
+                        "narpush: skipped {}: excluded by '{}'",
+                        r.to_full(store_dir),
+                        g.as_str()
+                    );
+                    false
+                }
+                None => true,
+            },
+        )
+        .collect()
 }
 
 /// What Nix says was built; `OUT_PATHS` may be empty (Nix 2.8.0), then the
@@ -288,6 +319,7 @@ fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<Str
 fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     let nix = LocalNix::detect()?;
     let (roots, junk) = hook_roots(&nix, hook)?;
+    let roots = without_excluded(config, roots, &nix.store_dir);
     for j in &junk {
         eprintln!("narpush: ignored {j}");
     }
@@ -349,72 +381,4 @@ pub fn record_pending(state_dir: &Path, paths: &[String]) -> Result<()> {
         list.path().display()
     );
     Ok(())
-}
-
-fn run_retry(config: &Config, env: Env) -> Result<i32> {
-    let list = PendingList::open(&config.state_dir)?;
-    let Some(_guard) = list.try_lock_retry()? else {
-        eprintln!("narpush: another 'narpush retry' is running; nothing done");
-        return Ok(0);
-    };
-    let pending = list.load()?;
-    if pending.is_empty() {
-        if !config.quiet {
-            println!("narpush: nothing pending in {}", list.path().display());
-        }
-        return Ok(0);
-    }
-    let nix = LocalNix::detect()?;
-    // Each entry is a store path, or a derivation whose outputs a hook could not
-    // name (Nix 2.8.0's empty OUT_PATHS): its valid outputs stand for it.
-    let parsed: Vec<Option<StorePath>> = pending
-        .iter()
-        .map(|p| {
-            StorePath::from_full_path(&nix.store_dir, p)
-                .map_err(|e| eprintln!("narpush: dropping pending entry: {e}"))
-                .ok()
-        })
-        .collect();
-    let plain: Vec<StorePath> = parsed
-        .iter()
-        .flatten()
-        .filter(|sp| !sp.name().ends_with(".drv"))
-        .cloned()
-        .collect();
-    let valid: std::collections::HashSet<StorePath> =
-        nix.valid_paths(&plain)?.into_iter().collect();
-    let mut entries: Vec<(&String, Vec<StorePath>)> = Vec::new();
-    for (p, sp) in pending.iter().zip(parsed) {
-        let paths = match sp {
-            Some(sp) if sp.name().ends_with(".drv") => {
-                nix.valid_outputs_of(Path::new(p)).unwrap_or_default()
-            }
-            Some(sp) => valid.get(&sp).cloned().into_iter().collect(),
-            None => Vec::new(),
-        };
-        if paths.is_empty() {
-            eprintln!("narpush: dropping {p}: nothing valid to push in the local store (garbage-collected?)");
-        }
-        entries.push((p, paths));
-    }
-    let mut roots: Vec<StorePath> = entries
-        .iter()
-        .flat_map(|(_, ps)| ps.iter().cloned())
-        .collect();
-    roots.sort();
-    roots.dedup();
-    let target = open_target(config, env)?;
-    let report = push::push(&nix, &target.cache, &roots, &target.opts, &logger(config))?;
-    summary(config, &report, &target.cache);
-    let failed: Vec<&str> = report.failed().map(|(p, _)| p).collect();
-    let done: Vec<String> = entries
-        .iter()
-        .filter(|(_, ps)| {
-            ps.iter()
-                .all(|sp| !failed.contains(&sp.to_full(&nix.store_dir).as_str()))
-        })
-        .map(|(p, _)| (*p).clone())
-        .collect();
-    list.remove(&done)?;
-    Ok(if failed.is_empty() { 0 } else { 1 })
 }

@@ -18,6 +18,9 @@ pub enum Topic {
     General,
     Push,
     Retry,
+    Flush,
+    Status,
+    Pusher,
     Keygen,
     Help,
 }
@@ -28,6 +31,9 @@ impl Topic {
             Topic::General => "",
             Topic::Push => "push",
             Topic::Retry => "retry",
+            Topic::Flush => "flush",
+            Topic::Status => "status",
+            Topic::Pusher => "pusher",
             Topic::Keygen => "keygen",
             Topic::Help => "help",
         }
@@ -37,6 +43,9 @@ impl Topic {
         Some(match name {
             "push" => Topic::Push,
             "retry" => Topic::Retry,
+            "flush" => Topic::Flush,
+            "status" => Topic::Status,
+            "pusher" => Topic::Pusher,
             "keygen" => Topic::Keygen,
             "help" => Topic::Help,
             _ => return None,
@@ -51,6 +60,12 @@ pub enum RawCommand {
     Push { paths: Vec<PathBuf> },
     /// `retry`: push the pending list.
     Retry,
+    /// `flush [--timeout D]`: push the queue now, or wait for the running pusher.
+    Flush,
+    /// `status [--json] [--max-age D]`.
+    Status,
+    /// `pusher`: the background pusher (started by a hook or by systemd).
+    Pusher,
     /// `keygen NAME [--out PREFIX]`.
     Keygen { name: String, out: Option<PathBuf> },
     /// `help [CMD]`, `--help`, `-h`.
@@ -78,6 +93,16 @@ pub struct Args {
     pub verbose: bool,
     pub config: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `--wait`: the hook pushes before it exits instead of queueing.
+    pub wait: bool,
+    /// `--exclude GLOB`, repeatable.
+    pub exclude: Vec<String>,
+    /// Durations as written; checked in `config`.
+    pub give_up_after: Option<String>,
+    pub timeout: Option<String>,
+    pub max_age: Option<String>,
+    /// `status --json`.
+    pub json: bool,
 }
 
 impl Args {
@@ -99,6 +124,12 @@ impl Args {
             verbose: false,
             config: None,
             state_dir: None,
+            wait: false,
+            exclude: Vec::new(),
+            give_up_after: None,
+            timeout: None,
+            max_age: None,
+            json: false,
         }
     }
 }
@@ -128,7 +159,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
     };
     let mut parser = lexopt::Parser::from_args(args);
     match topic {
-        Topic::Push | Topic::Retry => parse_push(&mut parser, topic),
+        Topic::Push | Topic::Retry | Topic::Flush | Topic::Status | Topic::Pusher => {
+            parse_push(&mut parser, topic)
+        }
         Topic::Keygen => parse_keygen(&mut parser),
         Topic::Help | Topic::General => parse_help(&mut parser),
     }
@@ -212,6 +245,18 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
             Short('v') | Long("verbose") => a.verbose = true,
             Long("config") => a.config = Some(path_value(parser, topic, "--config")?),
             Long("state-dir") => a.state_dir = Some(path_value(parser, topic, "--state-dir")?),
+            Long("wait") => a.wait = true,
+            Long("exclude") => a.exclude.push(string_value(parser, topic, "--exclude")?),
+            Long("give-up-after") => {
+                a.give_up_after = Some(string_value(parser, topic, "--give-up-after")?)
+            }
+            Long("timeout") if topic == Topic::Flush => {
+                a.timeout = Some(string_value(parser, topic, "--timeout")?)
+            }
+            Long("max-age") if topic == Topic::Status => {
+                a.max_age = Some(string_value(parser, topic, "--max-age")?)
+            }
+            Long("json") if topic == Topic::Status => a.json = true,
             Value(v) if topic == Topic::Push => {
                 if v.is_empty() {
                     return Err(usage(topic, "empty store path argument"));
@@ -222,9 +267,10 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
                 return Err(usage(
                     topic,
                     format!(
-                    "unexpected argument '{}': retry takes no paths (it pushes the pending list)",
-                    v.to_string_lossy()
-                ),
+                        "unexpected argument '{}': {} takes no paths (it works on the queue)",
+                        v.to_string_lossy(),
+                        topic.name()
+                    ),
                 ))
             }
             _ => return Err(usage(topic, arg.unexpected())),
@@ -238,6 +284,9 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
     }
     a.command = match topic {
         Topic::Push => RawCommand::Push { paths },
+        Topic::Flush => RawCommand::Flush,
+        Topic::Status => RawCommand::Status,
+        Topic::Pusher => RawCommand::Pusher,
         _ => RawCommand::Retry,
     };
     Ok(a)
@@ -296,7 +345,7 @@ fn parse_help(parser: &mut lexopt::Parser) -> Result<Args> {
                 which = Topic::from_name(&name).ok_or_else(|| {
                     usage(
                         topic,
-                        format!("unknown command '{name}'; commands are push, retry, keygen, help"),
+                        format!("unknown command '{name}'; commands are push, retry, flush, status, keygen, help"),
                     )
                 })?;
             }
@@ -317,6 +366,9 @@ pub fn help_text(topic: Topic) -> &'static str {
         Topic::General => GENERAL_HELP,
         Topic::Push => PUSH_HELP,
         Topic::Retry => RETRY_HELP,
+        Topic::Flush => FLUSH_HELP,
+        Topic::Status => STATUS_HELP,
+        Topic::Pusher => PUSHER_HELP,
         Topic::Keygen => KEYGEN_HELP,
         Topic::Help => HELP_HELP,
     }
@@ -327,7 +379,9 @@ narpush - push Nix store paths to a signed binary cache (S3 or file://)
 
 USAGE:
     narpush [push] [OPTIONS] [PATH...]   push paths (the default command)
-    narpush retry [OPTIONS]              push the paths recorded for later
+    narpush retry [OPTIONS]              one pass over the queue, in the foreground
+    narpush flush [--timeout D]          push the whole queue now; exit 0 when empty
+    narpush status [--json] [--max-age D]  the queue, the pusher, the last results
     narpush keygen NAME [--out PREFIX]   make a signing key pair
     narpush help [COMMAND]               show help for a command
     narpush --version
@@ -339,8 +393,11 @@ with the cache and key in /etc/narpush.toml:
     to = \"s3://nix-cache?region=eu-west-1\"
     key-file = \"/etc/nix/cache-key.sec\"
 
-Paths that cannot be pushed are recorded in the pending list and pushed
-by 'narpush retry' (the NixOS module runs it every 15 minutes).
+As a hook, narpush only queues the build's outputs (STATE_DIR/pending) and
+makes sure one background pusher is running, so the build goes on at once;
+the pusher uploads the queue in reference order and logs to STATE_DIR/log.
+--wait (wait = true) pushes before the hook exits instead, as before.
+At the end of a CI job, 'narpush flush' waits until everything is up.
 
 Run 'narpush push --help' for all options.
 ";
@@ -378,12 +435,19 @@ OPTIONS:
                              (default: also push references missing from the
                              cache and not signed by an upstream key)
     --strict                 fail instead of recording failures for later
-                                                             [NARPUSH_STRICT]
+                             (implies --wait)                [NARPUSH_STRICT]
+    --wait                   as a hook: push before exiting instead of queueing
+                             for the background pusher         [NARPUSH_WAIT]
+    --exclude GLOB           never push paths whose name (after the hash)
+                             matches, e.g. '*-source'; repeatable
+    --give-up-after D        the pusher stops retrying an unreachable cache
+                             after D (default 15min; the queue stays)
+                                                   [NARPUSH_GIVE_UP_AFTER]
     -q, --quiet              print errors only
     -v, --verbose            print each step
     --config FILE            config file (default $NARPUSH_CONFIG, else
                              /etc/narpush.toml if it exists)
-    --state-dir DIR          where the pending list lives  [NARPUSH_STATE_DIR]
+    --state-dir DIR          where the queue and log live  [NARPUSH_STATE_DIR]
                              (default /var/lib/narpush as root, else
                              $XDG_STATE_HOME/narpush or ~/.local/state/narpush)
     -h, --help               show this help
@@ -391,7 +455,9 @@ OPTIONS:
 
 Precedence: command line, then environment, then config file, then defaults.
 Config file keys are the long option names: to = \"...\", key-file = [\"...\"],
-jobs = 4, strict = true, deps = \"missing\"|\"none\"|\"closure\", ...
+jobs = 4, strict = true, deps = \"missing\"|\"none\"|\"closure\", wait = true,
+exclude = [\"*-source\"], give-up-after = \"15min\", spawn-pusher = false (the
+hook then only queues; a service runs 'narpush pusher'), ...
 
 EXAMPLES:
     narpush push --to 's3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local' ./result
@@ -413,6 +479,48 @@ but no paths.
 EXAMPLES:
     narpush retry
     narpush retry --to 's3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local' -v
+";
+
+const FLUSH_HELP: &str = "\
+narpush flush - push everything queued now, and say whether it all went up
+
+USAGE:
+    narpush flush [--timeout D] [OPTIONS]
+
+Pushes the queue (STATE_DIR/pending) in the foreground, or waits for the
+running pusher, until it is empty: exit 0. When the cache stays unreachable
+until D passes (default: give-up-after, 15min), exit 1 naming every path
+left and why. Takes the options of 'narpush push'. For the end of a CI job.
+
+EXAMPLES:
+    narpush flush --timeout 10min
+";
+
+const STATUS_HELP: &str = "\
+narpush status - the queue, the background pusher and the last results
+
+USAGE:
+    narpush status [--json] [--max-age D] [--state-dir DIR]
+
+Shows how many paths are queued and how long the oldest has waited, whether
+a pusher is running (pid, since when, how far), and the last lines of
+STATE_DIR/log. --json prints the same as one JSON object. Exits 1 when the
+oldest queued path has waited longer than --max-age (for monitoring).
+
+EXAMPLES:
+    narpush status
+    narpush status --json --max-age 1h
+";
+
+const PUSHER_HELP: &str = "\
+narpush pusher - the background pusher (started by a hook, or by systemd)
+
+USAGE:
+    narpush pusher [OPTIONS]
+
+Pushes the queue until it is empty, backing off while the cache is
+unreachable and giving up after --give-up-after (the queue stays). Exits at
+once when another pusher is running. Takes the options of 'narpush push'.
 ";
 
 const KEYGEN_HELP: &str = "\
@@ -438,7 +546,7 @@ const HELP_HELP: &str = "\
 narpush help - show help
 
 USAGE:
-    narpush help [push|retry|keygen|help]
+    narpush help [push|retry|flush|status|keygen|help]
 ";
 
 #[cfg(test)]
@@ -538,6 +646,12 @@ mod tests {
             verbose: true,
             config: Some("/c.toml".into()),
             state_dir: Some("/state".into()),
+            wait: false,
+            exclude: Vec::new(),
+            give_up_after: None,
+            timeout: None,
+            max_age: None,
+            json: false,
         };
         assert_eq!(a, want);
         let a = parse(&["--no-deps", "-q", "--verbose"]);
@@ -553,6 +667,19 @@ mod tests {
         assert_eq!(a.jobs, Some(3));
         let m = usage_msg(&["retry", "/nix/store/x"]);
         assert!(m.contains("retry takes no paths"), "{m}");
+        let a = parse(&["flush", "--timeout", "5min", "--exclude", "*-source"]).unwrap();
+        assert_eq!(a.command, RawCommand::Flush);
+        assert_eq!(a.timeout.as_deref(), Some("5min"));
+        assert_eq!(a.exclude, vec!["*-source".to_string()]);
+        let a = parse(&["status", "--json", "--max-age", "1h"]).unwrap();
+        assert_eq!(a.command, RawCommand::Status);
+        assert!(a.json);
+        assert_eq!(a.max_age.as_deref(), Some("1h"));
+        assert!(usage_msg(&["push", "--timeout", "1"]).contains("--timeout"));
+        let a = parse(&["--wait", "--exclude", "a*", "--exclude", "*.iso"]).unwrap();
+        assert!(a.wait);
+        assert_eq!(a.exclude.len(), 2);
+        assert_eq!(parse(&["pusher"]).unwrap().command, RawCommand::Pusher);
         assert!(m.ends_with("see 'narpush retry --help'"), "{m}");
     }
 

@@ -34,6 +34,17 @@ pub enum Command {
     },
     /// Push the pending list.
     Retry,
+    /// Push the queue now (or wait for the running pusher); `None`: give-up-after.
+    Flush {
+        timeout: Option<std::time::Duration>,
+    },
+    /// Report on the queue and the pusher.
+    Status {
+        json: bool,
+        max_age: Option<std::time::Duration>,
+    },
+    /// The background pusher.
+    Pusher,
     /// Write `out.sec` and `out.pub` for key `name`.
     Keygen { name: String, out: PathBuf },
     /// Print this text to stdout and exit 0.
@@ -85,7 +96,18 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Hook mode pushes before exiting (`--wait`, implied by strict) instead of queueing.
+    pub wait: bool,
+    /// Paths whose name matches are neither queued nor pushed.
+    pub exclude: Vec<crate::glob::Glob>,
+    /// How long the pusher retries an unreachable cache before it exits.
+    pub give_up_after: std::time::Duration,
+    /// Whether a hook starts the pusher itself (false under systemd's path unit).
+    pub spawn_pusher: bool,
 }
+
+/// The default of `give-up-after`.
+pub const DEFAULT_GIVE_UP_AFTER: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 /// The config file read when neither `--config` nor `NARPUSH_CONFIG` names one.
 pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
@@ -93,7 +115,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
 pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
 
 const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
-compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir";
+compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir, \
+wait, exclude, give-up-after, spawn-pusher";
 
 /// Resolve `args`, the environment (`env("NAME")`) and the config file into a
 /// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
@@ -180,6 +203,10 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         verbose: false,
         state_dir: PathBuf::new(),
         config_file: None,
+        wait: false,
+        exclude: Vec::new(),
+        give_up_after: DEFAULT_GIVE_UP_AFTER,
+        spawn_pusher: true,
     };
     let paths = match args.command {
         RawCommand::Help(topic) => {
@@ -199,11 +226,41 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
             return Ok(config);
         }
         RawCommand::Retry => None,
+        RawCommand::Flush => {
+            let timeout = match &args.timeout {
+                Some(t) => Some(
+                    crate::queue::parse_duration(t)
+                        .map_err(|e| Error::Usage(format!("--timeout {e}")))?,
+                ),
+                None => None,
+            };
+            config.command = Command::Flush { timeout };
+            None
+        }
+        RawCommand::Status => {
+            let max_age = match &args.max_age {
+                Some(t) => Some(
+                    crate::queue::parse_duration(t)
+                        .map_err(|e| Error::Usage(format!("--max-age {e}")))?,
+                ),
+                None => None,
+            };
+            config.command = Command::Status {
+                json: args.json,
+                max_age,
+            };
+            None
+        }
+        RawCommand::Pusher => {
+            config.command = Command::Pusher;
+            None
+        }
         RawCommand::Push { paths } => Some(paths),
     };
 
     config.command = match paths {
-        None => Command::Retry,
+        None if config.command == Command::Version => Command::Retry,
+        None => config.command,
         Some(paths) => {
             let hook = if paths.is_empty() {
                 hook_env(&env)
@@ -380,6 +437,45 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         )));
     }
 
+    config.wait = if args.wait {
+        true
+    } else if let Some(s) = env("NARPUSH_WAIT") {
+        parse_env_bool("NARPUSH_WAIT", &s)?
+    } else {
+        file.wait.unwrap_or(false)
+    } || config.strict;
+
+    config.spawn_pusher = match env("NARPUSH_SPAWN_PUSHER") {
+        Some(s) => parse_env_bool("NARPUSH_SPAWN_PUSHER", &s)?,
+        None => file.spawn_pusher.unwrap_or(true),
+    };
+
+    let (patterns, from) = if !args.exclude.is_empty() {
+        (args.exclude, "--exclude".to_string())
+    } else if let Some((p, line)) = file.exclude {
+        (p, at(line, "exclude"))
+    } else {
+        (Vec::new(), String::new())
+    };
+    config.exclude = patterns
+        .iter()
+        .map(|p| crate::glob::Glob::new(p).map_err(|e| Error::Usage(format!("{from}: {e}"))))
+        .collect::<Result<_>>()?;
+
+    config.give_up_after = match (
+        args.give_up_after,
+        env("NARPUSH_GIVE_UP_AFTER"),
+        file.give_up_after,
+    ) {
+        (Some(d), _, _) => crate::queue::parse_duration(&d)
+            .map_err(|e| Error::Usage(format!("--give-up-after {e}")))?,
+        (None, Some(d), _) => crate::queue::parse_duration(&d)
+            .map_err(|e| Error::Usage(format!("NARPUSH_GIVE_UP_AFTER: {e}")))?,
+        (None, None, Some((d, line))) => crate::queue::parse_duration(&d)
+            .map_err(|e| Error::Usage(format!("{}: {e}", at(line, "give-up-after"))))?,
+        _ => DEFAULT_GIVE_UP_AFTER,
+    };
+
     config.state_dir = match args.state_dir {
         Some(d) => d,
         None => match env("NARPUSH_STATE_DIR") {
@@ -444,6 +540,10 @@ struct FileValues {
     quiet: Option<bool>,
     verbose: Option<bool>,
     state_dir: Option<PathBuf>,
+    wait: Option<bool>,
+    spawn_pusher: Option<bool>,
+    exclude: Option<(Vec<String>, usize)>,
+    give_up_after: Option<(String, usize)>,
 }
 
 /// A value in the TOML subset.
@@ -587,6 +687,18 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
             "quiet" => v.quiet = Some(boolean(&value)?),
             "verbose" => v.verbose = Some(boolean(&value)?),
             "state-dir" => v.state_dir = Some(rel(string(value)?)),
+            "wait" => v.wait = Some(boolean(&value)?),
+            "spawn-pusher" => v.spawn_pusher = Some(boolean(&value)?),
+            "exclude" => v.exclude = Some((strings(value)?, line)),
+            "give-up-after" => {
+                v.give_up_after = Some((
+                    match value {
+                        Value::Int(n) if n >= 0 => n.to_string(),
+                        other => string(other)?,
+                    },
+                    line,
+                ))
+            }
             _ => {
                 return Err(err(
                     line,
@@ -939,6 +1051,93 @@ mod tests {
         assert!(!c.strict && !c.quiet && !c.verbose);
         assert_eq!(c.state_dir, PathBuf::from("/home/u/.local/state/narpush"));
         assert_eq!(c.config_file, Some(PathBuf::from(&cf)));
+    }
+
+    #[test]
+    fn queue_settings_from_flags_env_and_file() {
+        let cf = no_file("queue-defaults");
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(!c.wait && c.spawn_pusher && c.exclude.is_empty());
+        assert_eq!(c.give_up_after, DEFAULT_GIVE_UP_AFTER);
+
+        let f = write_config(
+            "queue-file",
+            "wait = true\nspawn-pusher = false\nexclude = [\"*-source\", \"*.iso\"]\ngive-up-after = \"2h\"\n",
+        )
+        .display()
+        .to_string();
+        let env = Env::new(&[("NARPUSH_CONFIG", &f), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(c.wait && !c.spawn_pusher);
+        assert_eq!(c.exclude.len(), 2);
+        assert!(c.exclude[0].matches("nixpkgs-source"));
+        assert_eq!(c.give_up_after, std::time::Duration::from_secs(7200));
+        // The command line wins over the file; the environment over the file.
+        let c = resolve_as(
+            args(&[
+                "--exclude",
+                "linux-*",
+                "--give-up-after",
+                "90s",
+                "/nix/store/x",
+            ]),
+            &env.get(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(c.exclude.len(), 1);
+        assert_eq!(c.give_up_after, std::time::Duration::from_secs(90));
+        let env = Env::new(&[
+            ("NARPUSH_CONFIG", &cf),
+            ("HOME", "/home/u"),
+            ("NARPUSH_WAIT", "1"),
+            ("NARPUSH_SPAWN_PUSHER", "no"),
+        ]);
+        let c = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(c.wait && !c.spawn_pusher);
+        // strict implies wait.
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/home/u")]);
+        let c = resolve_as(args(&["--strict", "/nix/store/x"]), &env.get(), false).unwrap();
+        assert!(c.wait);
+
+        // Bad values name where they came from.
+        let bad = write_config("queue-bad", "exclude = [\"a[\"]\n");
+        let env = Env::new(&[("NARPUSH_CONFIG", bad.to_str().unwrap()), ("HOME", "/h")]);
+        let e = resolve_as(args(&["/nix/store/x"]), &env.get(), false).unwrap_err();
+        assert!(
+            e.to_string().contains("line 1: exclude") && e.to_string().contains("'a['"),
+            "{e}"
+        );
+        let env = Env::new(&[("NARPUSH_CONFIG", &cf), ("HOME", "/h")]);
+        let e = resolve_as(
+            args(&["--give-up-after", "soon", "/nix/store/x"]),
+            &env.get(),
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("--give-up-after 'soon' is not a duration"),
+            "{e}"
+        );
+        let e = resolve_as(args(&["flush", "--timeout", "x"]), &env.get(), false).unwrap_err();
+        assert!(e.to_string().contains("--timeout"), "{e}");
+        let c = resolve_as(
+            args(&["status", "--json", "--max-age", "1h"]),
+            &env.get(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            c.command,
+            Command::Status {
+                json: true,
+                max_age: Some(std::time::Duration::from_secs(3600))
+            }
+        );
+        let c = resolve_as(args(&["retry"]), &env.get(), false).unwrap();
+        assert_eq!(c.command, Command::Retry);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! the lock and writes the remainder to a temporary file, fsyncs and renames it into
 //! place, so lines appended by others meanwhile are never lost. The directory is
 //! created with mode 0700 and the files with 0600.
+//!
+//! Beside the list, `STATE_DIR/pending.since` notes when each line was first queued
+//! (`<unix seconds> <path>`, best effort, pruned by `remove`), for `narpush status`.
+//! The list itself stays one path per line, as earlier versions wrote it.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
@@ -22,12 +26,6 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone)]
 pub struct PendingList {
     dir: PathBuf,
-}
-
-/// Held while a `retry` runs, so that two retries do not push the same list twice.
-#[derive(Debug)]
-pub struct RetryGuard {
-    _file: File,
 }
 
 impl PendingList {
@@ -54,6 +52,59 @@ impl PendingList {
 
     fn tmp_path(&self) -> PathBuf {
         self.dir.join("pending.tmp")
+    }
+
+    fn since_path(&self) -> PathBuf {
+        self.dir.join("pending.since")
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Run `f` with the list's exclusive lock held and its current entries: whatever
+    /// `f` does (e.g. release the pusher lock) happens before any append that follows.
+    pub fn locked<R>(&self, f: impl FnOnce(Vec<String>) -> R) -> Result<R> {
+        let lock = self
+            .lock(true)
+            .map_err(|e| Error::io("lock pending list", &self.lock_path(), e))?;
+        let text = self
+            .read()
+            .map_err(|e| Error::io("read pending list", &self.path(), e))?;
+        let mut seen = HashSet::new();
+        let entries = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && seen.insert(*l))
+            .map(str::to_string)
+            .collect();
+        let r = f(entries);
+        drop(lock);
+        Ok(r)
+    }
+
+    /// When each listed path was first queued (seconds since the epoch); paths the
+    /// side file does not know get the list file's modification time.
+    pub fn queued_since(&self, entries: &[String]) -> Vec<i64> {
+        let text = std::fs::read_to_string(self.since_path()).unwrap_or_default();
+        let mut first: std::collections::HashMap<&str, i64> = std::collections::HashMap::new();
+        for line in text.lines() {
+            if let Some((t, p)) = line.split_once(' ') {
+                if let Ok(t) = t.parse::<i64>() {
+                    first.entry(p).or_insert(t);
+                }
+            }
+        }
+        let mtime = std::fs::metadata(self.path())
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        entries
+            .iter()
+            .map(|e| first.get(e.as_str()).copied().unwrap_or(mtime))
+            .collect()
     }
 
     fn lock(&self, exclusive: bool) -> io::Result<File> {
@@ -142,6 +193,23 @@ impl PendingList {
         if created {
             sync_dir(&self.dir)?;
         }
+        // Best effort, not synced: only `status` reads it.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let since: String = buf
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(|l| format!("{now} {l}\n"))
+            .collect();
+        if let Ok(mut s) = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(self.since_path())
+        {
+            let _ = s.write_all(since.as_bytes());
+        }
         Ok(())
     }
 
@@ -201,24 +269,24 @@ impl PendingList {
         f.sync_all()?;
         drop(f);
         std::fs::rename(&tmp, self.path())?;
-        sync_dir(&self.dir)
+        sync_dir(&self.dir)?;
+        self.prune_since(&seen);
+        Ok(())
     }
 
-    /// Take the retry lock without waiting: `None` if another `retry` holds it.
-    pub fn try_lock_retry(&self) -> Result<Option<RetryGuard>> {
-        let path = self.dir.join("retry.lock");
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
-        match f.try_lock() {
-            Ok(()) => Ok(Some(RetryGuard { _file: f })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    /// Keep only the side-file lines of paths still listed (best effort).
+    fn prune_since(&self, listed: &HashSet<&str>) {
+        let Ok(text) = std::fs::read_to_string(self.since_path()) else {
+            return;
+        };
+        let keep: String = text
+            .lines()
+            .filter(|l| l.split_once(' ').is_some_and(|(_, p)| listed.contains(p)))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let tmp = self.dir.join("pending.since.tmp");
+        if std::fs::write(&tmp, keep).is_ok() {
+            let _ = std::fs::rename(&tmp, self.since_path());
         }
     }
 }
@@ -409,15 +477,25 @@ mod tests {
     }
 
     #[test]
-    fn only_one_retry_at_a_time() {
-        let dir = tmpdir("retry");
-        let a = PendingList::open(&dir).unwrap();
-        let b = PendingList::open(&dir).unwrap();
-        let guard = a.try_lock_retry().unwrap();
-        assert!(guard.is_some());
-        assert!(b.try_lock_retry().unwrap().is_none());
-        drop(guard);
-        assert!(b.try_lock_retry().unwrap().is_some());
+    fn queued_since_is_recorded_and_pruned() {
+        let dir = tmpdir("since");
+        let list = PendingList::open(&dir).unwrap();
+        list.append(&[p("/nix/store/a"), p("/nix/store/b")])
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let t = list.queued_since(&[p("/nix/store/a"), p("/nix/store/b")]);
+        assert!(t.iter().all(|t| (now - 5..=now).contains(t)), "{t:?}");
+        list.remove(&[p("/nix/store/a")]).unwrap();
+        let side = std::fs::read_to_string(dir.join("pending.since")).unwrap();
+        assert!(
+            !side.contains("/nix/store/a") && side.contains("/nix/store/b"),
+            "{side}"
+        );
+        let n = list.locked(|e| e.len()).unwrap();
+        assert_eq!(n, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

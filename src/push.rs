@@ -77,6 +77,9 @@ pub struct PushOptions {
     pub compression_threads: u32,
     /// Show a live progress line on stderr for large NARs (a terminal, not quiet).
     pub progress: bool,
+    /// Closure members whose name matches one of these are not pushed (`--exclude`;
+    /// the caller has already left out given paths that match).
+    pub exclude: Vec<crate::glob::Glob>,
 }
 
 /// NARs at least this large get a live progress line in a terminal.
@@ -162,6 +165,10 @@ pub enum Event<'a> {
     Upstream {
         path: &'a str,
     },
+    Excluded {
+        path: &'a str,
+        pattern: &'a str,
+    },
     Failed {
         path: &'a str,
         error: &'a Error,
@@ -207,6 +214,15 @@ pub fn push(
     let mut upstream = Vec::new();
     for info in &infos {
         let is_root = root_set.contains(&info.path);
+        if !is_root {
+            if let Some(g) = crate::glob::first_match(&opts.exclude, info.path.name()) {
+                log(&Event::Excluded {
+                    path: &info.path.to_full(sd),
+                    pattern: g.as_str(),
+                });
+                continue;
+            }
+        }
         let upstream_signed = info
             .sigs
             .iter()

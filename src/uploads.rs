@@ -6,7 +6,7 @@
 //! created and removed once the upload completes; an upload that failed keeps its
 //! entry, so the next run retries the abort (a 404 then just clears it).
 //!
-//! An entry is stale when its process is gone (no `/proc/<pid>`); without `/proc`
+//! An entry is stale when its process is gone (no `/proc/<pid>`, or a zombie); without `/proc`
 //! nothing is ever considered stale, since aborting a live upload would break it.
 //! Everything here is best effort: a journal that cannot be written costs at most an
 //! orphaned upload, never a push.
@@ -80,7 +80,8 @@ impl Journal {
             let Some(pid) = name.split('.').next().and_then(|p| p.parse::<u32>().ok()) else {
                 continue;
             };
-            if Path::new("/proc").join(pid.to_string()).exists() {
+            // A zombie (killed, not yet reaped) is as dead as a missing process.
+            if crate::queue::process_alive(pid) {
                 continue;
             }
             let Ok(text) = fs::read_to_string(e.path()) else {

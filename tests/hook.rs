@@ -31,6 +31,10 @@ const SCRUB: &[&str] = &[
     "AWS_SESSION_TOKEN",
 ];
 
+/// These tests check the synchronous hook (`wait = true`, what `--wait` keeps);
+/// the queueing hook and its pusher are tested in tests/queue.rs.
+const HOOK_MODE: &str = "wait = true\n";
+
 struct Setup {
     dir: PathBuf,
     s3: S3Server,
@@ -60,7 +64,7 @@ fn setup(what: &str, extra: &str) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "to = \"{}\"\nkey-file = \"{}\"\ncredentials-file = \"{}\"\nstate-dir = \"{}\"\n{extra}",
+            "to = \"{}\"\nkey-file = \"{}\"\ncredentials-file = \"{}\"\nstate-dir = \"{}\"\n{HOOK_MODE}{extra}",
             s3.url("cache"),
             sec.display(),
             creds.display(),
@@ -288,9 +292,17 @@ fn installed_hook_wrapper_pushes_a_build() {
     make_install(&prefix, &s.dir);
     let hook = prefix.join("libexec/narpush/narpush-hook");
     assert!(prefix.join("bin/narpush").is_file());
-    assert!(prefix
-        .join("share/narpush/systemd/narpush-retry.timer")
-        .is_file());
+    for unit in [
+        "narpush-retry.timer",
+        "narpush-retry.service",
+        "narpush-pusher.service",
+        "narpush-pusher.path",
+    ] {
+        assert!(
+            prefix.join("share/narpush/systemd").join(unit).is_file(),
+            "make install did not ship {unit}"
+        );
+    }
     // Credentials from the wrapper's env file, not the config.
     let config = s.dir.join("wrapper.toml");
     let text = std::fs::read_to_string(&s.config).unwrap();

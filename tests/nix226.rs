@@ -141,9 +141,9 @@ fn nix226_built_paths_push_to_s3_and_nix226_substitutes_over_http() {
     substitute_226(&http.url(), &top, &closure, &public);
 }
 
-/// Config-file lines choosing how the hook runs: none today (it pushes before it
-/// exits). A hook that queues by default is kept synchronous here with `wait = true`.
-const HOOK_MODE: &str = "";
+/// Config-file lines choosing how the hook runs: a hook queues by default; it is
+/// kept synchronous here with `wait = true` (the queue is tested in tests/queue.rs).
+const HOOK_MODE: &str = "wait = true\n";
 
 /// The hook's whole configuration, in one file: the cache, key, credentials and
 /// state directory, then [`HOOK_MODE`].

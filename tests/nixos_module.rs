@@ -124,8 +124,27 @@ fn readme_builder_configuration_evaluates_with_no_failed_assertion() {
             "\"d /var/lib/narpush 0700 root root -\"",
             "\"narpush-retry\":{",
             "\"OnUnitActiveSec\":\"15min\"",
+            // The hook only queues; a path unit on the wake file starts the pusher.
+            "\"narpush-pusher\":{",
+            &format!("\"ExecStart\":\"{exe} pusher\""),
+            "\"Nice\":10",
+            "\"IOSchedulingClass\":\"idle\"",
+            "\"StandardOutput\":\"journal\"",
+            "\"PathExists\":\"/var/lib/narpush/pusher.wake\"",
+            "\"Unit\":\"narpush-pusher.service\"",
+            "\"paths.target\"",
         ],
     );
+    let toml = eval_ok(&lib, &builder, "narpushToml");
+    assert!(toml.contains("spawn-pusher = false\n"), "{toml}");
+    // Priority options are typed: a nice value out of range fails the evaluation.
+    let bad = builder.replacen("enable = true;", "enable = true; pusher.nice = 25;", 1);
+    assert!(
+        bad != builder,
+        "the README example lost its `enable = true;`"
+    );
+    let e = eval(&lib, &bad, "report").expect_err("nice = 25 must not evaluate");
+    assert!(e.contains("pusher.nice"), "{e}");
 }
 
 /// The eval report (JSON text) contains each of `wants` verbatim.

@@ -74,6 +74,9 @@ pub fn narpush_env(c: &mut Command) {
         c.env_remove(v);
     }
     c.env("NARPUSH_CONFIG", "/dev/null");
+    // A hook pushes before it exits, as these tests expect; the queue's own tests
+    // (tests/queue.rs) remove this.
+    c.env("NARPUSH_WAIT", "1");
 }
 
 /// A fresh, unique token for derivations, so each test builds new store paths.

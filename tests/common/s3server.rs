@@ -116,6 +116,27 @@ impl S3Server {
         }
     }
 
+    /// Freeze the server (SIGSTOP): it still accepts connections (the kernel
+    /// does) but answers nothing, like a server that stalls.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Thaw a paused server (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("s3s-fs is running").id();
+        let st = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill {sig} {pid} failed");
+    }
+
     /// Create a bucket (s3s-fs keeps a bucket as a directory under the root).
     pub fn create_bucket(&self, name: &str) {
         std::fs::create_dir_all(self.root.join(name)).expect("create bucket directory");
