@@ -57,6 +57,10 @@ pub enum RawCommand {
     Help(Topic),
     /// `--version`, `-V`.
     Version,
+    /// `init`, `verify` or `gc` (see `life`).
+    Life(crate::life::LifeCommand),
+    /// The help text of `init`, `verify` or `gc`.
+    LifeHelp(&'static str),
 }
 
 /// Raw values from the command line: `None`/empty/`false` means "not given".
@@ -78,10 +82,12 @@ pub struct Args {
     pub verbose: bool,
     pub config: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `--upload-log`: also upload each derivation's build log.
+    pub upload_log: bool,
 }
 
 impl Args {
-    fn new(command: RawCommand) -> Args {
+    pub(crate) fn new(command: RawCommand) -> Args {
         Args {
             command,
             to: None,
@@ -99,6 +105,7 @@ impl Args {
             verbose: false,
             config: None,
             state_dir: None,
+            upload_log: false,
         }
     }
 }
@@ -117,6 +124,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
             return Ok(Args::new(RawCommand::Help(Topic::General)))
         }
         Some("-V" | "--version") => return Ok(Args::new(RawCommand::Version)),
+        Some(name) if crate::life::is_command(name) => {
+            let name = args.remove(0);
+            return crate::life::parse_args(&name.to_string_lossy(), args);
+        }
         Some(name) => match Topic::from_name(name) {
             Some(topic) => {
                 args.remove(0);
@@ -207,6 +218,7 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
             }
             Long("no-deps") => a.no_deps = true,
             Long("closure") => a.closure = true,
+            Long("upload-log") => a.upload_log = true,
             Long("strict") => a.strict = true,
             Short('q') | Long("quiet") => a.quiet = true,
             Short('v') | Long("verbose") => a.verbose = true,
@@ -293,10 +305,15 @@ fn parse_help(parser: &mut lexopt::Parser) -> Result<Args> {
             Value(v) if !seen => {
                 seen = true;
                 let name = v.to_string_lossy();
+                if crate::life::is_command(&name) {
+                    return Ok(Args::new(RawCommand::LifeHelp(crate::life::help_text(
+                        &name,
+                    ))));
+                }
                 which = Topic::from_name(&name).ok_or_else(|| {
                     usage(
                         topic,
-                        format!("unknown command '{name}'; commands are push, retry, keygen, help"),
+                        format!("unknown command '{name}'; commands are push, retry, keygen, init, verify, gc, help"),
                     )
                 })?;
             }
@@ -329,6 +346,11 @@ USAGE:
     narpush [push] [OPTIONS] [PATH...]   push paths (the default command)
     narpush retry [OPTIONS]              push the paths recorded for later
     narpush keygen NAME [--out PREFIX]   make a signing key pair
+    narpush init --to URL [OPTIONS]      set a bucket up as a binary cache
+    narpush verify --to URL --trusted-key KEY (PATH...|--all)
+                                         check the cache as a client would
+    narpush gc --to URL --older-than D   delete what was not pushed within D,
+                                         keeping closures whole
     narpush help [COMMAND]               show help for a command
     narpush --version
 
@@ -377,6 +399,9 @@ OPTIONS:
     --closure                push the whole closure, even paths already upstream
                              (default: also push references missing from the
                              cache and not signed by an upstream key)
+    --upload-log             also upload each derivation's build log to
+                             log/<drv> (config upload-log = true; off by
+                             default: logs can hold secrets)
     --strict                 fail instead of recording failures for later
                                                              [NARPUSH_STRICT]
     -q, --quiet              print errors only
@@ -438,7 +463,7 @@ const HELP_HELP: &str = "\
 narpush help - show help
 
 USAGE:
-    narpush help [push|retry|keygen|help]
+    narpush help [push|retry|keygen|init|verify|gc|help]
 ";
 
 #[cfg(test)]
@@ -538,6 +563,7 @@ mod tests {
             verbose: true,
             config: Some("/c.toml".into()),
             state_dir: Some("/state".into()),
+            upload_log: false,
         };
         assert_eq!(a, want);
         let a = parse(&["--no-deps", "-q", "--verbose"]);

@@ -40,6 +40,8 @@ pub enum Command {
     Help(String),
     /// Print the version and exit 0.
     Version,
+    /// `init`, `verify` or `gc`.
+    Life(crate::life::LifeCommand),
 }
 
 /// What Nix tells a `post-build-hook`.
@@ -85,6 +87,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The config file that was read, if any.
     pub config_file: Option<PathBuf>,
+    /// Upload each derivation's build log with its outputs (`--upload-log`).
+    pub upload_log: bool,
 }
 
 /// The config file read when neither `--config` nor `NARPUSH_CONFIG` names one.
@@ -93,7 +97,8 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
 pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
 
 const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
-compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir";
+compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir, \
+upload-log";
 
 /// Resolve `args`, the environment (`env("NAME")`) and the config file into a
 /// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
@@ -180,6 +185,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         verbose: false,
         state_dir: PathBuf::new(),
         config_file: None,
+        upload_log: false,
     };
     let paths = match args.command {
         RawCommand::Help(topic) => {
@@ -198,11 +204,20 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
             config.command = Command::Keygen { name, out };
             return Ok(config);
         }
+        RawCommand::LifeHelp(text) => {
+            config.command = Command::Help(text.to_string());
+            return Ok(config);
+        }
+        RawCommand::Life(cmd) => {
+            config.command = Command::Life(cmd);
+            None
+        }
         RawCommand::Retry => None,
         RawCommand::Push { paths } => Some(paths),
     };
 
     config.command = match paths {
+        None if matches!(config.command, Command::Life(_)) => config.command.clone(),
         None => Command::Retry,
         Some(paths) => {
             let hook = if paths.is_empty() {
@@ -380,6 +395,8 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         )));
     }
 
+    config.upload_log = args.upload_log || file.upload_log.unwrap_or(false);
+
     config.state_dir = match args.state_dir {
         Some(d) => d,
         None => match env("NARPUSH_STATE_DIR") {
@@ -444,6 +461,7 @@ struct FileValues {
     quiet: Option<bool>,
     verbose: Option<bool>,
     state_dir: Option<PathBuf>,
+    upload_log: Option<bool>,
 }
 
 /// A value in the TOML subset.
@@ -587,6 +605,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
             "quiet" => v.quiet = Some(boolean(&value)?),
             "verbose" => v.verbose = Some(boolean(&value)?),
             "state-dir" => v.state_dir = Some(rel(string(value)?)),
+            "upload-log" => v.upload_log = Some(boolean(&value)?),
             _ => {
                 return Err(err(
                     line,

@@ -13,6 +13,7 @@ pub mod dump;
 pub mod encoding;
 pub mod error;
 pub mod hashing;
+pub mod life;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;
