@@ -516,3 +516,59 @@ fn nix_log_reads_a_log_narpush_uploaded() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_hook_uploads_the_log_of_drv_path_when_the_config_says_so() {
+    let l = Life::with_bucket("log-hook");
+    let dir = l.dir.clone();
+    let config = dir.join("narpush.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "to = \"{}\"\nkey-file = \"{}\"\nupload-log = true\n",
+            l.url(),
+            l.sec.display()
+        ),
+    )
+    .unwrap();
+    let tag = nonce("log-hook");
+    std::fs::write(
+        dir.join("default.nix"),
+        format!(
+            "derivation {{ name = \"life-hooked\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+             args = [ \"-c\" \"echo the hooked build said {tag}; echo done > $out\" ]; PATH = \"/usr/bin:/bin\"; }}"
+        ),
+    )
+    .unwrap();
+    let c = l.narpush();
+    let hook = c.get_program().to_owned();
+    let out = common::nix::run(
+        std::process::Command::new("nix-build")
+            .arg(dir.join("default.nix"))
+            .arg("--no-out-link")
+            .args(NIX_OPTS)
+            .arg("--option")
+            .arg("post-build-hook")
+            .arg(&hook)
+            .envs(
+                c.get_envs()
+                    .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+            )
+            .env("NARPUSH_CONFIG", &config),
+    );
+    assert!(out.status.success(), "nix-build failed:\n{}", stderr(&out));
+    let path = stdout(&out).trim().to_string();
+    let drv = deriver(&path);
+    let key = format!("log/{}", drv.rsplit('/').next().unwrap());
+    let log = std::fs::read_to_string(l.bucket_dir().join(&key)).unwrap_or_else(|e| {
+        panic!(
+            "{key} not in the bucket ({e}); nix-build said:\n{}",
+            stderr(&out)
+        )
+    });
+    assert!(
+        log.contains(&format!("the hooked build said {tag}")),
+        "{log}"
+    );
+    assert_eq!(cached_paths(&l.bucket_dir()), set(&[&path]));
+}
