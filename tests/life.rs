@@ -572,3 +572,50 @@ fn the_hook_uploads_the_log_of_drv_path_when_the_config_says_so() {
     );
     assert_eq!(cached_paths(&l.bucket_dir()), set(&[&path]));
 }
+
+#[test]
+fn init_verify_and_gc_work_on_a_file_cache_too() {
+    let l = Life::new("file-cache");
+    let cache = l.dir.join("cache");
+    let url = format!("file://{}", cache.display());
+    let sec = l.sec.to_str().unwrap();
+    let out = l.ok(&["init", "--to", &url, "--key-file", sec]);
+    assert!(
+        out.contains(&format!("extra-substituters = {url}")),
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(cache.join("nix-cache-info")).unwrap(),
+        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n"
+    );
+    let expr = gc_expr(&nonce("file-gc"));
+    let b = |attr: &str| build(&l.dir, &expr, attr, &[], &[]).remove(0);
+    let (shared, oldonly, old, fresh) = (b("shared"), b("oldonly"), b("old"), b("fresh"));
+    l.ok(&["push", "--to", &url, "--key-file", sec, &old, &fresh]);
+    let verify = |args: &[&str]| {
+        let mut all = vec![
+            "verify",
+            "--to",
+            url.as_str(),
+            "--trusted-key",
+            l.public.as_str(),
+        ];
+        all.extend_from_slice(args);
+        l.run(&all)
+    };
+    let v = verify(&["--all"]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+    assert!(
+        stdout(&v).starts_with("verify: 4 checked, 4 good"),
+        "{}",
+        stdout(&v)
+    );
+    age_all(&cache, 10 * DAY);
+    l.ok(&["push", "--to", &url, "--key-file", sec, &fresh]);
+    let out = l.ok(&["gc", "--to", &url, "--older-than", "7d"]);
+    assert_eq!(cached_paths(&cache), set(&[&shared, &fresh]), "{out}");
+    assert!(!cached_paths(&cache).contains(&oldonly));
+    assert_eq!(check_invariants(&cache), 2);
+    let v = verify(&["--all"]);
+    assert!(v.status.success(), "{}{}", stdout(&v), stderr(&v));
+}
