@@ -159,12 +159,12 @@ impl Cache {
         }
     }
 
-    /// Last modification of `key` in Unix seconds (Last-Modified of a bucket object,
-    /// the mtime of a file), `None` when it does not exist.
-    pub fn modified(&self, key: &str) -> Result<Option<i64>> {
+    /// Whether `key` exists and, if it does, its last modification in Unix seconds
+    /// (Last-Modified of a bucket object, the mtime of a file) when known.
+    pub fn modified(&self, key: &str) -> Result<Option<Option<i64>>> {
         match self {
             Cache::File { dir } => match fs::metadata(dir.join(key)) {
-                Ok(m) => Ok(Some(unix_secs(m.modified().ok()))),
+                Ok(m) => Ok(Some(m.modified().ok().map(|t| unix_secs(Some(t))))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io("stat", &dir.join(key), e)),
             },
@@ -182,7 +182,8 @@ impl Cache {
         let Some(modified) = self.modified(key)? else {
             return Ok(false);
         };
-        if now - modified > renew_after {
+        // A server that does not say when is not asked to renew.
+        if modified.is_some_and(|m| now - m > renew_after) {
             let renewed = self.get(key).and_then(|b| match b {
                 Some(bytes) => self.put(key, &bytes, NARINFO_TYPE),
                 None => Ok(()),

@@ -794,8 +794,9 @@ impl Client {
         self.execute(&call).is_ok()
     }
 
-    /// Size and Last-Modified (Unix seconds) of an object, `None` if it does not exist.
-    pub fn head_object_modified(&self, key: &str) -> Result<Option<(u64, i64)>, S3Error> {
+    /// Size and Last-Modified (Unix seconds, `None` when the server does not say) of
+    /// an object; `None` if it does not exist.
+    pub fn head_object_modified(&self, key: &str) -> Result<Option<(u64, Option<i64>)>, S3Error> {
         let call = Call {
             op: "HeadObject",
             key: Some(key),
@@ -811,10 +812,7 @@ impl Client {
                     .header("content-length")
                     .and_then(|v| v.trim().parse().ok())
                     .ok_or_else(|| self.protocol(&call, "no Content-Length in the answer"))?;
-                let modified = r
-                    .header("last-modified")
-                    .and_then(parse_http_date)
-                    .ok_or_else(|| self.protocol(&call, "no valid Last-Modified in the answer"))?;
+                let modified = r.header("last-modified").and_then(parse_http_date);
                 Ok(Some((len, modified)))
             }
             Err(e) if e.status() == Some(404) => Ok(None),

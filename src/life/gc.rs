@@ -57,7 +57,7 @@ fn find(objs: &[Obj], key: &str) -> Option<u32> {
         .map(|i| i as u32)
 }
 
-/// The store paths named by `--keep` and `--keep-file`, as hash parts.
+/// The store paths named by `--keep` and `--keep-file`.
 fn keep_hashes(a: &GcArgs, store_dir: &str) -> Result<Vec<String>> {
     let mut args = a.keep.clone();
     for f in &a.keep_files {
@@ -69,10 +69,7 @@ fn keep_hashes(a: &GcArgs, store_dir: &str) -> Result<Vec<String>> {
                 .map(std::path::PathBuf::from),
         );
     }
-    Ok(super::resolve_store_paths(&args, store_dir)?
-        .iter()
-        .map(|p| hash_of(p).to_string())
-        .collect())
+    super::resolve_store_paths(&args, store_dir)
 }
 
 pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
@@ -180,9 +177,9 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
         }
     }
     for k in &keeps {
-        match index(&infos, k) {
+        match index(&infos, hash_of(k)) {
             Some(i) => stack.push(i),
-            None => eprintln!("narpush: warning: kept path {k}… is not in the cache"),
+            None => eprintln!("narpush: warning: --keep {k}: not in the cache"),
         }
     }
     for &i in &stack {
@@ -277,9 +274,10 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
         } else {
             parallel_map(chunk, config.jobs.max(4), |&i| {
                 let o = &nars[i as usize];
+                // Gone, or of unknown age now: left alone.
                 cache
                     .modified(&o.key)
-                    .map(|m| m.is_some_and(|m| m < grace_cut))
+                    .map(|m| m.flatten().is_some_and(|m| m < grace_cut))
             })
             .into_iter()
             .collect::<Result<Vec<bool>>>()?
