@@ -132,7 +132,12 @@ fn init_refuses_a_cache_for_another_store_dir_unless_forced() {
 #[test]
 fn init_prints_the_minimal_policy_as_json_naming_the_bucket() {
     let l = Life::with_bucket("init-policy");
+    // No credentials needed: the user it is for does not exist yet.
     let out = l.ok(&["init", "--to", &l.url(), "--print-policy"]);
+    let mut bare = common::nix::narpush();
+    bare.env("HOME", &l.dir)
+        .args(["init", "--to", &l.url(), "--print-policy"]);
+    assert_eq!(common::nix::ok(&mut bare), out);
     let v: serde_json::Value = serde_json::from_str(&out).expect("--print-policy prints JSON");
     let mut actions = BTreeSet::new();
     let mut resources = BTreeSet::new();
