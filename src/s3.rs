@@ -620,11 +620,14 @@ impl Client {
                 let size = xml::text(c, "Size")
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| self.protocol(&call, "a <Contents> without a numeric <Size>"))?;
-                let last_modified = xml::text(c, "LastModified")
-                    .and_then(|t| parse_iso8601(&t))
-                    .ok_or_else(|| {
-                        self.protocol(&call, "a <Contents> without a valid <LastModified>")
-                    })?;
+                // A listing without a time (no real server omits it) reads as new:
+                // gc never deletes what it cannot date.
+                let last_modified = match xml::text(c, "LastModified") {
+                    None => i64::MAX,
+                    Some(t) => parse_iso8601(&t).ok_or_else(|| {
+                        self.protocol(&call, "a <Contents> with an invalid <LastModified>")
+                    })?,
+                };
                 out.push(ObjectEntry {
                     key,
                     size,
@@ -1517,7 +1520,7 @@ impl Drop for StreamingUpload {
 pub struct ObjectEntry {
     pub key: String,
     pub size: u64,
-    /// Unix seconds.
+    /// Unix seconds (`i64::MAX` when the server gave none: never old).
     pub last_modified: i64,
 }
 
