@@ -39,14 +39,14 @@ struct Narinfo {
     hash: Box<str>,
     size: u64,
     modified: i64,
-    /// The store path's base name (for messages), once read.
+    /// The store path's base name, kept only to be printed (`--dry-run`, `-v`).
     name: Box<str>,
     /// Indices of referenced narinfos (self excluded).
-    refs: Vec<u32>,
+    refs: Box<[u32]>,
     /// Index of its NAR in the NAR list.
     nar: Option<u32>,
-    /// `log/<Deriver>`.
-    log: Option<Box<str>>,
+    /// Index of `log/<Deriver>` in the log list.
+    log: Option<u32>,
     /// Whether it has a `<hash>.ls` listing.
     ls: bool,
 }
@@ -97,8 +97,8 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
                     hash: h.into(),
                     size: o.size,
                     modified: o.last_modified,
-                    name: h.into(),
-                    refs: Vec::new(),
+                    name: "".into(),
+                    refs: Box::new([]),
                     nar: None,
                     log: None,
                     ls: false,
@@ -135,11 +135,12 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
     drop(ls);
 
     // 2. Every narinfo's references, NAR and deriver, read in parallel chunks.
-    let hashes: Vec<Box<str>> = infos.iter().map(|i| i.hash.clone()).collect();
+    let printing = a.dry_run || config.verbose;
     let mut offset = 0;
-    for chunk in hashes.chunks(512) {
-        let got = parallel_map(chunk, config.jobs.max(4), |h| {
-            cache.get(&format!("{h}.narinfo"))
+    while offset < infos.len() {
+        let end = (offset + 512).min(infos.len());
+        let got = parallel_map(&infos[offset..end], config.jobs.max(4), |i| {
+            cache.get(&format!("{}.narinfo", i.hash))
         });
         for (j, r) in got.into_iter().enumerate() {
             let i = offset + j;
@@ -151,7 +152,7 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
                 continue;
             };
             let own = infos[i].hash.clone();
-            let refs: Vec<u32> = info
+            let refs: Box<[u32]> = info
                 .references
                 .iter()
                 .map(|r| hash_of(r))
@@ -161,10 +162,15 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
             let rec = &mut infos[i];
             rec.refs = refs;
             rec.nar = find(&nars, &info.url);
-            rec.log = info.deriver.as_deref().map(|d| format!("log/{d}").into());
-            rec.name = info.store_path.rsplit('/').next().unwrap_or("").into();
+            rec.log = info
+                .deriver
+                .as_deref()
+                .and_then(|d| find(&logs, &format!("log/{d}")));
+            if printing {
+                rec.name = info.store_path.rsplit('/').next().unwrap_or("").into();
+            }
         }
-        offset += chunk.len();
+        offset = end;
     }
 
     // 3. Mark.
@@ -232,11 +238,11 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
         .filter(|(_, m)| **m)
         .filter_map(|(i, _)| i.nar)
         .collect();
-    let live_logs: HashSet<&str> = infos
+    let live_logs: HashSet<u32> = infos
         .iter()
         .zip(&marked)
         .filter(|(_, m)| **m)
-        .filter_map(|(i, _)| i.log.as_deref())
+        .filter_map(|(i, _)| i.log)
         .collect();
 
     let verb = if a.dry_run { "would delete" } else { "deleted" };
@@ -255,7 +261,12 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
             freed += info.size;
             n_narinfos += 1;
             if a.dry_run || config.verbose {
-                println!("{verb} {}/{} ({}.narinfo)", store_dir, info.name, info.hash);
+                let name = if info.name.is_empty() {
+                    "(unreadable narinfo)"
+                } else {
+                    &info.name
+                };
+                println!("{verb} {store_dir}/{name} ({}.narinfo)", info.hash);
             }
         }
         if !a.dry_run {
@@ -302,8 +313,8 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
 
     // 7. Logs of derivations no remaining narinfo names.
     let mut keys = Vec::new();
-    for o in &logs {
-        if live_logs.contains(&*o.key) || o.modified >= cutoff {
+    for (i, o) in logs.iter().enumerate() {
+        if live_logs.contains(&(i as u32)) || o.modified >= cutoff {
             continue;
         }
         freed += o.size;
