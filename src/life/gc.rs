@@ -20,7 +20,6 @@ use super::{hash_of, narinfo_hash, open_cache, GcArgs};
 use crate::cache::{now_secs, Cache};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::narinfo::NarInfo;
 use crate::push::{human_bytes, parallel_map};
 use std::collections::HashSet;
 
@@ -49,6 +48,38 @@ struct Narinfo {
     log: Option<u32>,
     /// Whether it has a `<hash>.ls` listing.
     ls: bool,
+}
+
+/// What gc needs of a narinfo: its `StorePath`, `URL`, `References` and `Deriver`
+/// lines, read without judging the rest.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Links {
+    store_path: String,
+    url: String,
+    references: Vec<String>,
+    deriver: Option<String>,
+}
+
+impl Links {
+    fn read(text: &str) -> Links {
+        let mut l = Links::default();
+        for line in text.lines() {
+            let Some((k, v)) = line.split_once(':') else {
+                continue;
+            };
+            let v = v.trim();
+            match k {
+                "StorePath" => l.store_path = v.to_string(),
+                "URL" => l.url = v.to_string(),
+                "References" => l.references = v.split_whitespace().map(String::from).collect(),
+                "Deriver" if !v.is_empty() && v != "unknown-deriver" => {
+                    l.deriver = Some(v.to_string())
+                }
+                _ => {}
+            }
+        }
+        l
+    }
 }
 
 fn find(objs: &[Obj], key: &str) -> Option<u32> {
@@ -145,12 +176,9 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
         for (j, r) in got.into_iter().enumerate() {
             let i = offset + j;
             let Some(bytes) = r? else { continue };
-            let Ok(info) = std::str::from_utf8(&bytes)
-                .map_err(|_| String::new())
-                .and_then(NarInfo::parse)
-            else {
-                continue;
-            };
+            // Read leniently: a narinfo narpush's strict parser would refuse must
+            // still protect its NAR and references when it is kept.
+            let info = Links::read(&String::from_utf8_lossy(&bytes));
             let own = infos[i].hash.clone();
             let refs: Box<[u32]> = info
                 .references
@@ -372,4 +400,30 @@ pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
         cache.describe()
     ));
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_read_from_any_narinfo() {
+        let l = Links::read(
+            "StorePath: /nix/store/aaaa-x\nURL: nar/h.nar.xz\nNarHash: md5:oops\n\
+             References: bbbb-y aaaa-x\nDeriver: cccc-x.drv\nSig: junk\n",
+        );
+        assert_eq!(
+            l,
+            Links {
+                store_path: "/nix/store/aaaa-x".into(),
+                url: "nar/h.nar.xz".into(),
+                references: vec!["bbbb-y".into(), "aaaa-x".into()],
+                deriver: Some("cccc-x.drv".into()),
+            }
+        );
+        assert_eq!(
+            Links::read("References: \n").references,
+            Vec::<String>::new()
+        );
+    }
 }
