@@ -138,6 +138,34 @@ in
       description = "How often narpush-retry.timer pushes the pending list (a systemd time span).";
     };
 
+    gc = {
+      enable = mkEnableOption ''
+        `narpush gc` from a systemd timer: deletes from the cache what was not pushed
+        within `olderThan`, keeping the closures of what stays and of `keep` whole
+        (the safe replacement for an object-expiry lifecycle rule)'';
+
+      olderThan = mkOption {
+        type = types.strMatching "[0-9]+[smhdw]";
+        default = "30d";
+        example = "14d";
+        description = "Keep what was pushed (or pushed again) within this duration (at least 1d).";
+      };
+
+      keep = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/nix/var/nix/profiles/system" ];
+        description = "Store paths (or symlinks to them, such as system profiles) kept with their closures however old.";
+      };
+
+      dates = mkOption {
+        type = types.str;
+        default = "weekly";
+        example = "daily";
+        description = "When to run gc (a systemd calendar event).";
+      };
+    };
+
     extraConfig = mkOption {
       type = types.attrsOf (types.oneOf [ types.bool types.int types.str (types.listOf types.str) ]);
       default = { };
@@ -208,6 +236,28 @@ in
         StandardError = "journal";
         StateDirectory = lib.mkIf (cfg.stateDir == "/var/lib/narpush") "narpush";
         StateDirectoryMode = "0700";
+      };
+    };
+
+    systemd.services.narpush-gc = mkIf cfg.gc.enable {
+      description = "Delete what was not pushed to the binary cache within ${cfg.gc.olderThan}";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" ];
+      path = [ config.nix.package ];
+      serviceConfig = {
+        Type = "oneshot";
+        ExecStart = lib.escapeShellArgs ([ exe "gc" "--older-than" cfg.gc.olderThan ]
+          ++ lib.concatMap (k: [ "--keep" k ]) cfg.gc.keep);
+      };
+    };
+
+    systemd.timers.narpush-gc = mkIf cfg.gc.enable {
+      description = "Run narpush gc ${cfg.gc.dates}";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.gc.dates;
+        Persistent = true;
+        RandomizedDelaySec = "1h";
       };
     };
 

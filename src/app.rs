@@ -43,6 +43,7 @@ pub fn run(config: Config, env: Env) -> Result<i32> {
         Command::Flush { timeout } => crate::pusher::run_flush(&config, env, *timeout),
         Command::Status { json, max_age } => crate::pusher::run_status(&config, *json, *max_age),
         Command::Pusher => crate::pusher::run_pusher(&config, env),
+        Command::Life(c) => crate::life::run(c, &config, env),
     }
 }
 
@@ -251,6 +252,9 @@ fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
     let target = open_target(config, env)?;
     let report = push::push(&nix, &target.cache, &roots, &target.opts, &logger(config))?;
     summary(config, &report, &target.cache);
+    if config.upload_log {
+        crate::life::log::upload_for(&nix, &target.cache, &report, None, config.quiet);
+    }
     Ok(if report.failed().next().is_some() {
         1
     } else {
@@ -333,6 +337,10 @@ fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     {
         Ok((target, report)) => {
             summary(config, &report, &target.cache);
+            if config.upload_log {
+                let drv = hook.drv_path.as_deref();
+                crate::life::log::upload_for(&nix, &target.cache, &report, drv, config.quiet);
+            }
             report.failed().map(|(p, _)| p.to_string()).collect()
         }
         Err(e) => {

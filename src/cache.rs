@@ -36,6 +36,17 @@ pub enum Cache {
     },
 }
 
+/// Unix seconds of a file time (0 when unknown).
+pub fn unix_secs(t: Option<std::time::SystemTime>) -> i64 {
+    t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Now, in Unix seconds.
+pub fn now_secs() -> i64 {
+    unix_secs(Some(std::time::SystemTime::now()))
+}
+
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn tmp_name(dir: &Path, base: &str) -> PathBuf {
@@ -145,6 +156,134 @@ impl Cache {
         match self {
             Cache::File { dir } => Ok(dir.join(key).exists()),
             Cache::S3 { client, .. } => Ok(client.head_object(key)?.is_some()),
+        }
+    }
+
+    /// Whether `key` exists and, if it does, its last modification in Unix seconds
+    /// (Last-Modified of a bucket object, the mtime of a file) when known.
+    pub fn modified(&self, key: &str) -> Result<Option<Option<i64>>> {
+        match self {
+            Cache::File { dir } => match fs::metadata(dir.join(key)) {
+                Ok(m) => Ok(Some(m.modified().ok().map(|t| unix_secs(Some(t))))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io("stat", &dir.join(key), e)),
+            },
+            Cache::S3 { client, .. } => Ok(client
+                .head_object_modified(key)?
+                .map(|(_, modified)| modified)),
+        }
+    }
+
+    /// Whether `key` (a narinfo) exists; one older than `renew_after` seconds is
+    /// written again with the same bytes, so its modification time says it was
+    /// pushed now (`gc` keeps what was pushed recently). A failed renewal is only
+    /// a warning: the narinfo is there.
+    pub fn exists_renewing(&self, key: &str, renew_after: i64, now: i64) -> Result<bool> {
+        let Some(modified) = self.modified(key)? else {
+            return Ok(false);
+        };
+        // A server that does not say when is not asked to renew.
+        if modified.is_some_and(|m| now - m > renew_after) {
+            let renewed = self.get(key).and_then(|b| match b {
+                Some(bytes) => self.put(key, &bytes, NARINFO_TYPE),
+                None => Ok(()),
+            });
+            if let Err(e) = renewed {
+                eprintln!("narpush: warning: could not renew {key} for gc: {e}");
+            }
+        }
+        Ok(true)
+    }
+
+    /// Bytes `start..start+len` of `key` (fewer at its end); `None` if it does not exist.
+    pub fn read_range(&self, key: &str, start: u64, len: u64) -> Result<Option<Vec<u8>>> {
+        match self {
+            Cache::File { dir } => {
+                use std::io::{Read, Seek, SeekFrom};
+                let path = dir.join(key);
+                let mut f = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(Error::io("open", &path, e)),
+                };
+                let mut buf = Vec::new();
+                f.seek(SeekFrom::Start(start))
+                    .and_then(|_| f.take(len).read_to_end(&mut buf))
+                    .map_err(|e| Error::io("read", &path, e))?;
+                Ok(Some(buf))
+            }
+            Cache::S3 { client, .. } => Ok(client.get_object_range(key, start, len)?),
+        }
+    }
+
+    /// Every object (key, size, modification time) whose key starts with `prefix`, a
+    /// page at a time. In a `file://` cache the directory is walked (its top level and
+    /// one level of subdirectories, as a cache is laid out); temporary files are skipped.
+    pub fn list(
+        &self,
+        prefix: &str,
+        page: &mut dyn FnMut(Vec<crate::s3::ObjectEntry>) -> Result<()>,
+    ) -> Result<()> {
+        match self {
+            Cache::S3 { client, .. } => client.list_objects_pages(prefix, page),
+            Cache::File { dir } => {
+                let mut batch = Vec::new();
+                let mut dirs = vec![(dir.clone(), String::new())];
+                while let Some((d, rel)) = dirs.pop() {
+                    let rd = match fs::read_dir(&d) {
+                        Ok(rd) => rd,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(Error::io("list", &d, e)),
+                    };
+                    for entry in rd {
+                        let entry = entry.map_err(|e| Error::io("list", &d, e))?;
+                        let name = entry.file_name();
+                        let Some(name) = name.to_str() else { continue };
+                        if name.starts_with('.') {
+                            continue;
+                        }
+                        let key = format!("{rel}{name}");
+                        let meta = entry
+                            .metadata()
+                            .map_err(|e| Error::io("stat", &entry.path(), e))?;
+                        if meta.is_dir() {
+                            if rel.is_empty() {
+                                dirs.push((entry.path(), format!("{key}/")));
+                            }
+                            continue;
+                        }
+                        if !key.starts_with(prefix) {
+                            continue;
+                        }
+                        batch.push(crate::s3::ObjectEntry {
+                            key,
+                            size: meta.len(),
+                            last_modified: unix_secs(meta.modified().ok()),
+                        });
+                        if batch.len() == 1000 {
+                            page(std::mem::take(&mut batch))?;
+                        }
+                    }
+                }
+                page(batch)
+            }
+        }
+    }
+
+    /// Delete keys (1000 per request in a bucket); missing ones are fine.
+    pub fn delete(&self, keys: &[String]) -> Result<()> {
+        match self {
+            Cache::S3 { client, .. } => Ok(client.delete_objects(keys)?),
+            Cache::File { dir } => {
+                for k in keys {
+                    match fs::remove_file(dir.join(k)) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(Error::io("delete", &dir.join(k), e)),
+                    }
+                }
+                Ok(())
+            }
         }
     }
 

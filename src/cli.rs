@@ -72,6 +72,10 @@ pub enum RawCommand {
     Help(Topic),
     /// `--version`, `-V`.
     Version,
+    /// `init`, `verify` or `gc` (see `life`).
+    Life(crate::life::LifeCommand),
+    /// The help text of `init`, `verify` or `gc`.
+    LifeHelp(&'static str),
 }
 
 /// Raw values from the command line: `None`/empty/`false` means "not given".
@@ -103,10 +107,12 @@ pub struct Args {
     pub max_age: Option<String>,
     /// `status --json`.
     pub json: bool,
+    /// `--upload-log`: also upload each derivation's build log.
+    pub upload_log: bool,
 }
 
 impl Args {
-    fn new(command: RawCommand) -> Args {
+    pub(crate) fn new(command: RawCommand) -> Args {
         Args {
             command,
             to: None,
@@ -130,6 +136,7 @@ impl Args {
             timeout: None,
             max_age: None,
             json: false,
+            upload_log: false,
         }
     }
 }
@@ -148,6 +155,10 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
             return Ok(Args::new(RawCommand::Help(Topic::General)))
         }
         Some("-V" | "--version") => return Ok(Args::new(RawCommand::Version)),
+        Some(name) if crate::life::is_command(name) => {
+            let name = args.remove(0);
+            return crate::life::parse_args(&name.to_string_lossy(), args);
+        }
         Some(name) => match Topic::from_name(name) {
             Some(topic) => {
                 args.remove(0);
@@ -240,6 +251,7 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
             }
             Long("no-deps") => a.no_deps = true,
             Long("closure") => a.closure = true,
+            Long("upload-log") => a.upload_log = true,
             Long("strict") => a.strict = true,
             Short('q') | Long("quiet") => a.quiet = true,
             Short('v') | Long("verbose") => a.verbose = true,
@@ -342,10 +354,15 @@ fn parse_help(parser: &mut lexopt::Parser) -> Result<Args> {
             Value(v) if !seen => {
                 seen = true;
                 let name = v.to_string_lossy();
+                if crate::life::is_command(&name) {
+                    return Ok(Args::new(RawCommand::LifeHelp(crate::life::help_text(
+                        &name,
+                    ))));
+                }
                 which = Topic::from_name(&name).ok_or_else(|| {
                     usage(
                         topic,
-                        format!("unknown command '{name}'; commands are push, retry, flush, status, keygen, help"),
+                        format!("unknown command '{name}'; commands are push, retry, flush, status, keygen, init, verify, gc, help"),
                     )
                 })?;
             }
@@ -383,6 +400,11 @@ USAGE:
     narpush flush [--timeout D]          push the whole queue now; exit 0 when empty
     narpush status [--json] [--max-age D]  the queue, the pusher, the last results
     narpush keygen NAME [--out PREFIX]   make a signing key pair
+    narpush init --to URL [OPTIONS]      set a bucket up as a binary cache
+    narpush verify --to URL --trusted-key KEY (PATH...|--all)
+                                         check the cache as a client would
+    narpush gc --to URL --older-than D   delete what was not pushed within D,
+                                         keeping closures whole
     narpush help [COMMAND]               show help for a command
     narpush --version
 
@@ -434,6 +456,9 @@ OPTIONS:
     --closure                push the whole closure, even paths already upstream
                              (default: also push references missing from the
                              cache and not signed by an upstream key)
+    --upload-log             also upload each derivation's build log to
+                             log/<drv> (config upload-log = true; off by
+                             default: logs can hold secrets)
     --strict                 fail instead of recording failures for later
                              (implies --wait)                [NARPUSH_STRICT]
     --wait                   as a hook: push before exiting instead of queueing
@@ -546,7 +571,7 @@ const HELP_HELP: &str = "\
 narpush help - show help
 
 USAGE:
-    narpush help [push|retry|flush|status|keygen|help]
+    narpush help [push|retry|flush|status|keygen|init|verify|gc|help]
 ";
 
 #[cfg(test)]
@@ -652,6 +677,7 @@ mod tests {
             timeout: None,
             max_age: None,
             json: false,
+            upload_log: false,
         };
         assert_eq!(a, want);
         let a = parse(&["--no-deps", "-q", "--verbose"]);

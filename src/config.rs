@@ -51,6 +51,8 @@ pub enum Command {
     Help(String),
     /// Print the version and exit 0.
     Version,
+    /// `init`, `verify` or `gc`.
+    Life(crate::life::LifeCommand),
 }
 
 /// What Nix tells a `post-build-hook`.
@@ -104,6 +106,8 @@ pub struct Config {
     pub give_up_after: std::time::Duration,
     /// Whether a hook starts the pusher itself (false under systemd's path unit).
     pub spawn_pusher: bool,
+    /// Upload each derivation's build log with its outputs (`--upload-log`).
+    pub upload_log: bool,
 }
 
 /// The default of `give-up-after`.
@@ -116,7 +120,7 @@ pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
 
 const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
 compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir, \
-wait, exclude, give-up-after, spawn-pusher";
+wait, exclude, give-up-after, spawn-pusher, upload-log";
 
 /// Resolve `args`, the environment (`env("NAME")`) and the config file into a
 /// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
@@ -207,6 +211,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         exclude: Vec::new(),
         give_up_after: DEFAULT_GIVE_UP_AFTER,
         spawn_pusher: true,
+        upload_log: false,
     };
     let paths = match args.command {
         RawCommand::Help(topic) => {
@@ -224,6 +229,14 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
             let out = out.unwrap_or_else(|| PathBuf::from(&name));
             config.command = Command::Keygen { name, out };
             return Ok(config);
+        }
+        RawCommand::LifeHelp(text) => {
+            config.command = Command::Help(text.to_string());
+            return Ok(config);
+        }
+        RawCommand::Life(cmd) => {
+            config.command = Command::Life(cmd);
+            None
         }
         RawCommand::Retry => None,
         RawCommand::Flush => {
@@ -475,6 +488,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
             .map_err(|e| Error::Usage(format!("{}: {e}", at(line, "give-up-after"))))?,
         _ => DEFAULT_GIVE_UP_AFTER,
     };
+    config.upload_log = args.upload_log || file.upload_log.unwrap_or(false);
 
     config.state_dir = match args.state_dir {
         Some(d) => d,
@@ -544,6 +558,7 @@ struct FileValues {
     spawn_pusher: Option<bool>,
     exclude: Option<(Vec<String>, usize)>,
     give_up_after: Option<(String, usize)>,
+    upload_log: Option<bool>,
 }
 
 /// A value in the TOML subset.
@@ -699,6 +714,7 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
                     line,
                 ))
             }
+            "upload-log" => v.upload_log = Some(boolean(&value)?),
             _ => {
                 return Err(err(
                     line,

@@ -14,6 +14,7 @@ pub mod encoding;
 pub mod error;
 pub mod glob;
 pub mod hashing;
+pub mod life;
 pub mod nar;
 pub mod narinfo;
 pub mod nixbase32;

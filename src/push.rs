@@ -196,6 +196,9 @@ impl Report {
     }
 }
 
+/// A path pushed again whose narinfo is older than this is renewed (see `gc`).
+pub const RENEW_AFTER_SECS: i64 = 86_400;
+
 /// Push `roots` (and, per `opts.deps`, their dependencies) to `cache`.
 pub fn push(
     nix: &LocalNix,
@@ -239,7 +242,9 @@ pub fn push(
 
     // 3. Which are in the cache already.
     let present = parallel_map(&candidates, opts.jobs.clamp(8, 32), |info| {
-        cache.exists(&format!("{}.narinfo", info.path.hash_part()))
+        // A narinfo older than a day is written again: gc keeps what is pushed.
+        let key = format!("{}.narinfo", info.path.hash_part());
+        cache.exists_renewing(&key, RENEW_AFTER_SECS, crate::cache::now_secs())
     });
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     let mut todo: Vec<&PathInfo> = Vec::new();

@@ -267,6 +267,10 @@ fn pass(
         }
     };
     summary(config, &report, &target.cache);
+    if config.upload_log {
+        // The queued paths' own derivers: the DRV_PATH of the builds that queued them.
+        crate::life::log::upload_for(&nix, &target.cache, &report, None, config.quiet);
+    }
     let failed: BTreeMap<&str, String> = report.failed().map(|(p, e)| (p, e.to_string())).collect();
     if let Some((_, e)) = report.failed().find(|(_, e)| e.is_transient()) {
         plog.write("outage", &format!("{} (at {})", e, target.cache.describe()));

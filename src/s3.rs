@@ -648,6 +648,24 @@ impl Client {
     /// All `(key, size)` under `prefix`, following continuation tokens.
     pub fn list_objects_v2(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
         let mut out = Vec::new();
+        self.list_objects_pages(prefix, &mut |page| {
+            out.extend(page.into_iter().map(|o| (o.key, o.size)));
+            Ok(())
+        })
+        .map_err(|e| match e {
+            Error::S3(e) => e,
+            other => self.protocol_for("ListObjectsV2", &other.to_string()),
+        })?;
+        Ok(out)
+    }
+
+    /// Every object under `prefix`, one page (up to 1000) at a time, so a listing of
+    /// any size needs one page of memory; `page` may stop the listing with an error.
+    pub fn list_objects_pages(
+        &self,
+        prefix: &str,
+        page: &mut dyn FnMut(Vec<ObjectEntry>) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let mut token: Option<String> = None;
         loop {
             let mut query = vec![("list-type", "2"), ("prefix", prefix)];
@@ -665,24 +683,40 @@ impl Client {
             };
             let r = self.execute(&call)?;
             let text = String::from_utf8_lossy(&r.body);
+            let mut out = Vec::new();
             for c in xml::blocks(&text, "Contents") {
                 let key = xml::text(c, "Key")
                     .ok_or_else(|| self.protocol(&call, "a <Contents> without <Key>"))?;
                 let size = xml::text(c, "Size")
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(|| self.protocol(&call, "a <Contents> without a numeric <Size>"))?;
-                out.push((key, size));
+                // A listing without a time (no real server omits it) reads as new:
+                // gc never deletes what it cannot date.
+                let last_modified = match xml::text(c, "LastModified") {
+                    None => i64::MAX,
+                    Some(t) => parse_iso8601(&t).ok_or_else(|| {
+                        self.protocol(&call, "a <Contents> with an invalid <LastModified>")
+                    })?,
+                };
+                out.push(ObjectEntry {
+                    key,
+                    size,
+                    last_modified,
+                });
             }
+            page(out)?;
             if xml::text(&text, "IsTruncated").as_deref() != Some("true") {
-                return Ok(out);
+                return Ok(());
             }
             match xml::text(&text, "NextContinuationToken").filter(|t| !t.is_empty()) {
                 Some(t) if Some(&t) != token.as_ref() => token = Some(t),
                 _ => {
-                    return Err(self.protocol(
-                        &call,
-                        "a truncated listing without a new NextContinuationToken",
-                    ))
+                    return Err(self
+                        .protocol(
+                            &call,
+                            "a truncated listing without a new NextContinuationToken",
+                        )
+                        .into())
                 }
             }
         }
@@ -690,6 +724,18 @@ impl Client {
 
     /// Multipart uploads in progress: `(key, upload id)`.
     pub fn list_multipart_uploads(&self) -> Result<Vec<(String, String)>, S3Error> {
+        Ok(self
+            .list_multipart_uploads_since()?
+            .into_iter()
+            .map(|(k, id, _)| (k, id))
+            .collect())
+    }
+
+    /// Multipart uploads in progress: `(key, upload id, initiated)` with the time in
+    /// Unix seconds (`None` when the server does not say).
+    pub fn list_multipart_uploads_since(
+        &self,
+    ) -> Result<Vec<(String, String, Option<i64>)>, S3Error> {
         let mut out = Vec::new();
         let mut markers: Option<(String, String)> = None;
         loop {
@@ -710,8 +756,9 @@ impl Client {
             let r = self.execute(&call)?;
             let text = String::from_utf8_lossy(&r.body);
             for u in xml::blocks(&text, "Upload") {
+                let initiated = xml::text(u, "Initiated").and_then(|t| parse_iso8601(&t));
                 match (xml::text(u, "Key"), xml::text(u, "UploadId")) {
-                    (Some(k), Some(id)) => out.push((k, id)),
+                    (Some(k), Some(id)) => out.push((k, id, initiated)),
                     _ => {
                         return Err(self.protocol(&call, "an <Upload> without <Key> or <UploadId>"))
                     }
@@ -799,8 +846,121 @@ impl Client {
         match self.execute(&call) {
             Ok(_) => Ok(()),
             Err(e) if e.code() == Some("BucketAlreadyOwnedByYou") => Ok(()),
+            // Some servers (s3s-fs, older MinIO) answer this for their owner too: the
+            // bucket is ours when these credentials may list it.
+            Err(e) if e.code() == Some("BucketAlreadyExists") && self.can_list() => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether a one-key listing of the bucket succeeds with these credentials.
+    fn can_list(&self) -> bool {
+        let call = Call {
+            op: "ListObjectsV2",
+            key: None,
+            method: "GET",
+            query: &[("list-type", "2"), ("max-keys", "1")],
+            headers: &[],
+            body: &[],
+            patience: None,
+        };
+        self.execute(&call).is_ok()
+    }
+
+    /// Size and Last-Modified (Unix seconds, `None` when the server does not say) of
+    /// an object; `None` if it does not exist.
+    pub fn head_object_modified(&self, key: &str) -> Result<Option<(u64, Option<i64>)>, S3Error> {
+        let call = Call {
+            op: "HeadObject",
+            key: Some(key),
+            method: "HEAD",
+            query: &[],
+            headers: &[],
+            body: &[],
+            patience: None,
+        };
+        match self.execute(&call) {
+            Ok(r) => {
+                let len = r
+                    .header("content-length")
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| self.protocol(&call, "no Content-Length in the answer"))?;
+                let modified = r.header("last-modified").and_then(parse_http_date);
+                Ok(Some((len, modified)))
+            }
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Bytes `start..start+len` of an object (fewer at its end), `None` if it does
+    /// not exist. Reading a large object in ranges keeps memory to one range.
+    pub fn get_object_range(
+        &self,
+        key: &str,
+        start: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, S3Error> {
+        let range = format!("bytes={start}-{}", start + len.max(1) - 1);
+        let call = Call {
+            op: "GetObject",
+            key: Some(key),
+            method: "GET",
+            query: &[],
+            headers: &[("range", &range)],
+            body: &[],
+            patience: None,
+        };
+        match self.execute(&call) {
+            Ok(r) => Ok(Some(r.body)),
+            Err(e) if e.status() == Some(404) && e.code() != Some("NoSuchBucket") => Ok(None),
+            // A range starting at the end of the object.
+            Err(e) if e.status() == Some(416) => Ok(Some(Vec::new())),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// PutBucketPolicy with this policy document (JSON).
+    pub fn put_bucket_policy(&self, policy: &str) -> Result<(), S3Error> {
+        let call = Call {
+            op: "PutBucketPolicy",
+            key: None,
+            method: "PUT",
+            query: &[("policy", "")],
+            headers: &[("content-type", "application/json")],
+            body: policy.as_bytes(),
+            patience: None,
+        };
+        self.execute(&call).map(drop)
+    }
+
+    /// PutBucketLifecycleConfiguration with this `<LifecycleConfiguration>` (XML).
+    /// S3 requires Content-MD5 here, as for DeleteObjects.
+    pub fn put_bucket_lifecycle(&self, config_xml: &str) -> Result<(), S3Error> {
+        use md5::Digest;
+        let md5 = crate::encoding::base64_encode(&md5::Md5::digest(config_xml.as_bytes()));
+        let headers = [
+            ("content-type", "application/xml"),
+            ("content-md5", md5.as_str()),
+        ];
+        let call = Call {
+            op: "PutBucketLifecycleConfiguration",
+            key: None,
+            method: "PUT",
+            query: &[("lifecycle", "")],
+            headers: &headers,
+            body: config_xml.as_bytes(),
+            patience: None,
+        };
+        self.execute(&call).map(drop)
+    }
+
+    fn protocol_for(&self, op: &'static str, what: &str) -> S3Error {
+        S3ErrorInfo {
+            kind: S3ErrorKind::Protocol(format!("unexpected answer: {what}")),
+            ..self.error_for(op, None)
+        }
+        .into()
     }
 
     fn error_base(&self, call: &Call<'_>) -> S3ErrorInfo {
@@ -1477,6 +1637,66 @@ impl Drop for StreamingUpload {
     }
 }
 
+/// One object of a bucket listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectEntry {
+    pub key: String,
+    pub size: u64,
+    /// Unix seconds (`i64::MAX` when the server gave none: never old).
+    pub last_modified: i64,
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn unix_time(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
+    let ok = (1..=12).contains(&mo)
+        && (1..=31).contains(&d)
+        && (0..24).contains(&h)
+        && (0..60).contains(&mi)
+        && (0..=60).contains(&s);
+    ok.then(|| days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
+}
+
+/// `2026-12-03T07:57:44.000Z` (ListObjectsV2's LastModified) to Unix seconds.
+pub fn parse_iso8601(t: &str) -> Option<i64> {
+    let t = t.trim();
+    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
+    if t.len() < 19 || &t[4..5] != "-" || &t[7..8] != "-" || &t[13..14] != ":" {
+        return None;
+    }
+    unix_time(
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    )
+}
+
+/// `Thu, 03 Dec 2026 07:57:44 GMT` (an HTTP date, as in Last-Modified) to Unix seconds.
+pub fn parse_http_date(t: &str) -> Option<i64> {
+    let mut w = t.split_whitespace().skip(1);
+    let d = w.next()?.parse().ok()?;
+    let months = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let mon = w.next()?;
+    let mo = months.iter().position(|m| m.eq_ignore_ascii_case(mon))? as i64 + 1;
+    let y = w.next()?.parse().ok()?;
+    let mut hms = w.next()?.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
+    unix_time(y, mo, d, h, mi, s)
+}
+
 /// Just enough XML for S3's answers: the text of the first `<Tag>…</Tag>` and the
 /// bodies of repeated blocks, with the five predefined entities decoded.
 mod xml {
@@ -1650,6 +1870,22 @@ mod tests {
         assert_eq!(part_size_for(100 << 30, 5 * MIB), 11 * MIB);
         assert!(((100u64 << 30).div_ceil(part_size_for(100 << 30, 5 * MIB) as u64)) <= MAX_PARTS);
         assert_eq!(part_size_for(u64::MAX, 5 * MIB), 5 << 30);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_iso8601("1970-01-01T00:00:00.000Z"), Some(0));
+        assert_eq!(
+            parse_iso8601("2026-12-03T07:57:44.000Z"),
+            Some(1_796_284_664)
+        );
+        assert_eq!(parse_iso8601("2000-02-29T12:00:00Z"), Some(951_825_600));
+        assert_eq!(
+            parse_http_date("Thu, 03 Dec 2026 07:57:44 GMT"),
+            Some(1_796_284_664)
+        );
+        assert_eq!(parse_iso8601("yesterday"), None);
+        assert_eq!(parse_http_date("Thu, 03 Foo 2026 07:57:44 GMT"), None);
     }
 
     #[test]

@@ -377,3 +377,39 @@ fn readme_builder_configuration_is_read_by_narpush_which_pushes_with_it() {
         stderr(&got)
     );
 }
+
+#[test]
+fn gc_on_a_timer_runs_narpush_gc_with_the_configured_age_and_keeps() {
+    let Some(lib) = nixpkgs_lib("gc_on_a_timer_runs_narpush_gc_with_the_configured_age_and_keeps")
+    else {
+        return;
+    };
+    let (builder, _) = readme_example();
+    let configuration = format!(
+        "{{ imports = [ ({builder}) ]; services.narpush.gc = {{ enable = true; olderThan = \"14d\"; \
+         keep = [ \"/nix/var/nix/profiles/system\" ]; dates = \"daily\"; }}; }}"
+    );
+    assert_eq!(eval_ok(&lib, &configuration, "failedAssertions"), "");
+    let report = eval_ok(&lib, &configuration, "report");
+    let exe = "/nix/store/00000000000000000000000000000000-narpush-0.1.0/bin/narpush";
+    assert_has_all(
+        &report,
+        &[
+            "\"narpush-gc\":{",
+            &format!(
+                "\"ExecStart\":\"{exe} gc --older-than 14d --keep /nix/var/nix/profiles/system\""
+            ),
+            "\"OnCalendar\":\"daily\"",
+            "\"Persistent\":true",
+        ],
+    );
+    // Off by default: no gc service or timer.
+    let report = eval_ok(&lib, &builder, "report");
+    assert!(!report.contains("narpush-gc"), "{report}");
+    // An age without a unit is refused at evaluation.
+    let bad = format!(
+        "{{ imports = [ ({builder}) ]; services.narpush.gc = {{ enable = true; olderThan = \"14\"; }}; }}"
+    );
+    let err = eval(&lib, &bad, "report").expect_err("olderThan = \"14\" should not evaluate");
+    assert!(err.contains("olderThan"), "{err}");
+}

@@ -1,5 +1,6 @@
 pub mod cache;
 pub mod cachecheck;
+pub mod life;
 pub mod nix;
 pub mod nix226;
 pub mod proxy;
