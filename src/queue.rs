@@ -297,8 +297,8 @@ pub fn process_alive(pid: u32) -> bool {
     }
 }
 
-/// `90`, `90s`, `15m`, `15min`, `2h`, `1d`, `500ms`, or several run together
-/// (`1h30m`).
+/// `90`, `90s`, `15m`, `15min`, `2h`, `1d`, `2w`, `500ms`, or several run together
+/// (`1h30m`): every duration narpush reads (flags, environment, config file).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let bad = || {
         format!(
@@ -333,6 +333,7 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             "m" | "min" | "mins" => 60_000,
             "h" | "hr" | "hour" | "hours" => 3_600_000,
             "d" | "day" | "days" => 86_400_000,
+            "w" | "week" | "weeks" => 7 * 86_400_000,
             _ => return Err(bad()),
         };
         total += Duration::from_millis(n.checked_mul(ms).ok_or_else(bad)?);
@@ -371,6 +372,7 @@ mod tests {
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         for bad in ["", "m", "5 parsecs", "-3s", "1.5h"] {
             let e = parse_duration(bad).unwrap_err();

@@ -524,7 +524,18 @@ fn nix_log_reads_a_log_narpush_uploaded() {
 
 #[test]
 fn the_hook_uploads_the_log_of_drv_path_when_the_config_says_so() {
-    let l = Life::with_bucket("log-hook");
+    hook_uploads_the_log("log-hook", true);
+}
+
+#[test]
+fn the_pusher_uploads_the_log_of_what_a_hook_queued() {
+    hook_uploads_the_log("log-queue", false);
+}
+
+/// nix-build with narpush as the hook and `upload-log = true`: with `wait`, the hook
+/// uploads DRV_PATH's log itself; queueing, the pusher uploads it (`flush` waits).
+fn hook_uploads_the_log(name: &str, wait: bool) {
+    let l = Life::with_bucket(name);
     let dir = l.dir.clone();
     let config = dir.join("narpush.toml");
     std::fs::write(
@@ -557,12 +568,23 @@ fn the_hook_uploads_the_log_of_drv_path_when_the_config_says_so() {
             .arg(&hook)
             .envs(
                 c.get_envs()
+                    .filter(|(k, _)| wait || k.to_str() != Some("NARPUSH_WAIT"))
                     .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
             )
             .env("NARPUSH_CONFIG", &config),
     );
     assert!(out.status.success(), "nix-build failed:\n{}", stderr(&out));
     let path = stdout(&out).trim().to_string();
+    if !wait {
+        assert!(stderr(&out).contains("narpush: queued"), "{}", stderr(&out));
+        let mut flush = l.narpush();
+        flush
+            .env_remove("NARPUSH_WAIT")
+            .env("NARPUSH_CONFIG", &config)
+            .args(["flush", "--timeout", "120s"]);
+        let f = common::nix::run(&mut flush);
+        assert!(f.status.success(), "flush: {}{}", stdout(&f), stderr(&f));
+    }
     let drv = deriver(&path);
     let key = format!("log/{}", drv.rsplit('/').next().unwrap());
     let log = std::fs::read_to_string(l.bucket_dir().join(&key)).unwrap_or_else(|e| {

@@ -81,26 +81,15 @@ fn usage(cmd: &str, msg: impl std::fmt::Display) -> Error {
     Error::Usage(format!("{msg}; see 'narpush {cmd} --help'"))
 }
 
-/// Parse `D` as a duration: a whole number with a unit, `s`, `m`, `h`, `d` or `w`
-/// (`30d`, `12h`, `720h`); returns seconds.
+/// Parse `D` as a duration in seconds, as every narpush duration is parsed
+/// ([`crate::queue::parse_duration`]: `30d`, `12h`, `2w`, `1d12h`), except that a bare
+/// number is refused here: an age without a unit is too easy to misread.
 pub fn parse_duration(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a duration; write e.g. 30d, 12h or 90m"))?;
-    let mult = match unit {
-        "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        "" => return Err(format!("'{s}' needs a unit: s, m, h, d or w (e.g. 30d)")),
-        _ => return Err(format!("'{s}': unknown unit '{unit}'; use s, m, h, d or w")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("'{s}' is too long"))
+    let t = s.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("'{t}' needs a unit: s, m, h, d or w (e.g. 30d)"));
+    }
+    crate::queue::parse_duration(t).map(|d| d.as_secs())
 }
 
 /// `90000` seconds as `1d 1h`: for messages.
@@ -452,7 +441,9 @@ mod tests {
         assert_eq!(parse_duration("90m"), Ok(5400));
         assert_eq!(parse_duration("2w"), Ok(14 * 86_400));
         assert!(parse_duration("30").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("30y").unwrap_err().contains("unknown unit"));
+        assert!(parse_duration("30y")
+            .unwrap_err()
+            .contains("not a duration"));
         assert!(parse_duration("d").is_err());
         assert_eq!(human_duration(3600), "1h");
         assert_eq!(human_duration(90_000), "1d 1h");
