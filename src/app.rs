@@ -87,7 +87,8 @@ pub(crate) struct Target {
     pub(crate) opts: PushOptions,
 }
 
-pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
+/// The store URL `--to` names, parsed (the region defaults to `AWS_REGION`).
+pub(crate) fn target_url(config: &Config, env: Env) -> Result<StoreUrl> {
     let to = config.to.as_deref().ok_or_else(|| {
         Error::Usage(
             "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
@@ -96,7 +97,44 @@ pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
         )
     })?;
     let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
-    let url = StoreUrl::parse(to, region.as_deref())?;
+    StoreUrl::parse(to, region.as_deref())
+}
+
+/// The [`Cache`] over `url`: for S3, a client with the credentials found, failing fast
+/// once the server is unreachable, and (`journal`, for pushes) the upload journal in
+/// the state directory, whose stale uploads are aborted now.
+pub(crate) fn open_cache(
+    url: &StoreUrl,
+    config: &Config,
+    env: Env,
+    journal: bool,
+) -> Result<Cache> {
+    Ok(match url {
+        StoreUrl::File { dir, .. } => Cache::File { dir: dir.clone() },
+        StoreUrl::S3(s3) => {
+            let home = env("HOME").map(PathBuf::from);
+            let req = crate::creds::Request {
+                credentials_file: config.credentials_file.as_deref(),
+                profile: s3.profile.as_deref(),
+            };
+            let creds = crate::creds::resolve(&req, env, home.as_deref())?;
+            let client = crate::s3::Client::new(crate::s3::S3Config::from_url(s3, creds))?;
+            client.fail_fast_after_outage();
+            let journal =
+                journal.then(|| crate::uploads::Journal::new(&config.state_dir, client.describe()));
+            let cache = Cache::S3 {
+                client,
+                part_size: s3.part_size as usize,
+                journal,
+            };
+            cache.abort_stale_uploads();
+            cache
+        }
+    })
+}
+
+pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
+    let url = target_url(config, env)?;
     let params = match &url {
         StoreUrl::File { params, .. } => params,
         StoreUrl::S3(s3) => &s3.cache,
@@ -122,27 +160,7 @@ pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
             "narpush: warning: no signing key (--key-file); clients with require-sigs accept these paths only through signatures they already carry"
         );
     }
-    let cache = match url {
-        StoreUrl::File { dir, .. } => Cache::File { dir },
-        StoreUrl::S3(s3) => {
-            let home = env("HOME").map(PathBuf::from);
-            let req = crate::creds::Request {
-                credentials_file: config.credentials_file.as_deref(),
-                profile: s3.profile.as_deref(),
-            };
-            let creds = crate::creds::resolve(&req, env, home.as_deref())?;
-            let client = crate::s3::Client::new(crate::s3::S3Config::from_url(&s3, creds))?;
-            client.fail_fast_after_outage();
-            let journal = crate::uploads::Journal::new(&config.state_dir, client.describe());
-            let cache = Cache::S3 {
-                client,
-                part_size: s3.part_size as usize,
-                journal: Some(journal),
-            };
-            cache.abort_stale_uploads();
-            cache
-        }
-    };
+    let cache = open_cache(&url, config, env, true)?;
     let opts = PushOptions {
         compression,
         level,

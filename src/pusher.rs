@@ -201,31 +201,19 @@ fn pass(
     let note = |kind: &str, text: &str| plog.write(kind, text);
     let mut left: BTreeMap<String, String> = BTreeMap::new();
     let handled = entries.to_vec();
+    // Nix not usable now: every entry stays, with the reason.
+    let all_left = |e: Error| Pass {
+        left: entries.iter().map(|p| (p.clone(), e.to_string())).collect(),
+        progress: false,
+        handled: entries.to_vec(),
+    };
     let nix = match LocalNix::detect() {
         Ok(n) => n,
-        Err(e) => {
-            for p in entries {
-                left.insert(p.clone(), e.to_string());
-            }
-            return Ok(Pass {
-                left,
-                progress: false,
-                handled,
-            });
-        }
+        Err(e) => return Ok(all_left(e)),
     };
     let (resolved, drop, keep_err) = match resolve_entries(config, &nix, entries, &note) {
         Ok(r) => r,
-        Err(e) => {
-            for p in entries {
-                left.insert(p.clone(), e.to_string());
-            }
-            return Ok(Pass {
-                left,
-                progress: false,
-                handled,
-            });
-        }
+        Err(e) => return Ok(all_left(e)),
     };
     left.extend(keep_err);
     list.remove(&drop)?;

@@ -435,27 +435,7 @@ impl Client {
 
     /// Size of the object, `None` if it does not exist (404).
     pub fn head_object(&self, key: &str) -> Result<Option<u64>, S3Error> {
-        let call = Call {
-            op: "HeadObject",
-            key: Some(key),
-            method: "HEAD",
-            query: &[],
-            headers: &[],
-            body: &[],
-            patience: None,
-        };
-        match self.execute(&call) {
-            Ok(r) => {
-                let len = r
-                    .header("content-length")
-                    .and_then(|v| v.trim().parse().ok());
-                len.map(Some)
-                    .ok_or_else(|| self.protocol(&call, "no Content-Length in the answer"))
-            }
-            Err(e) if e.status() == Some(404) => Ok(None),
-            Err(e) if e.status() == Some(403) => Err(self.explain_head_403(key, e)),
-            Err(e) => Err(e),
-        }
+        Ok(self.head_object_modified(key)?.map(|(len, _)| len))
     }
 
     /// A HEAD answered 403, which has no body to say why: a wrong secret, an unknown
@@ -889,6 +869,7 @@ impl Client {
                 Ok(Some((len, modified)))
             }
             Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) if e.status() == Some(403) => Err(self.explain_head_403(key, e)),
             Err(e) => Err(e),
         }
     }

@@ -264,33 +264,8 @@ pub fn run(cmd: &LifeCommand, config: &Config, env: crate::app::Env) -> Result<i
 
 /// The cache named by `--to`, opened for reading, listing and deleting.
 pub fn open_cache(config: &Config, env: crate::app::Env) -> Result<(Cache, StoreUrl)> {
-    let to = config.to.as_deref().ok_or_else(|| {
-        Error::Usage(
-            "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
-             set NARPUSH_TO, or 'to' in /etc/narpush.toml"
-                .into(),
-        )
-    })?;
-    let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
-    let url = StoreUrl::parse(to, region.as_deref())?;
-    let cache = match &url {
-        StoreUrl::File { dir, .. } => Cache::File { dir: dir.clone() },
-        StoreUrl::S3(s3) => {
-            let home = env("HOME").map(PathBuf::from);
-            let req = crate::creds::Request {
-                credentials_file: config.credentials_file.as_deref(),
-                profile: s3.profile.as_deref(),
-            };
-            let creds = crate::creds::resolve(&req, env, home.as_deref())?;
-            let client = crate::s3::Client::new(crate::s3::S3Config::from_url(s3, creds))?;
-            client.fail_fast_after_outage();
-            Cache::S3 {
-                client,
-                part_size: s3.part_size as usize,
-                journal: None,
-            }
-        }
-    };
+    let url = crate::app::target_url(config, env)?;
+    let cache = crate::app::open_cache(&url, config, env, false)?;
     Ok((cache, url))
 }
 
