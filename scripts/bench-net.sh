@@ -2,8 +2,8 @@
 # What users feel over a real link: narpush pushing to s3s-fs behind TLS (stunnel, with a
 # CA made here) and a loopback link emulator (bench/netproxy.py: a round-trip delay and
 # a shared bandwidth cap each way; netem is not available in this kernel). For each
-# workload and configuration: wall time, requests sent, TCP connections opened, peak
-# RSS, and the floor (the round trips that cannot be avoided x RTT / requests in flight
+# workload and configuration: wall time, narpush's CPU time (user + system), requests
+# sent, TCP connections opened, peak RSS, and the floor (the round trips that cannot be avoided x RTT / requests in flight
 # + bytes / bandwidth). Side by side in one run:
 #   0.1            --jobs 2 (0.1's default on 2 cores), a new connection per request
 #                  (idle-timeout=0, what 0.1 did)
@@ -107,22 +107,23 @@ big=$(nix-store --add "$BIG_SRC")
 bigsize=$(nix-store -q --size "$big")
 
 printf 'link: %s ms RTT, %s Mbit/s each way, TLS (stunnel); %s cores\n' "$RTT" "$MBIT" "$(nproc)"
-printf '%-32s %-10s %8s %9s %6s %8s %8s\n' workload config "wall s" requests conns "RSS MiB" "floor s"
+printf '%-32s %-10s %8s %6s %9s %6s %8s %8s\n' workload config "wall s" "CPU s" requests conns "RSS MiB" "floor s"
 row() { # WORKLOAD CONFIG BUCKET NARPUSH-ARGS...; FLIGHT: requests in flight at best
   local wl=$1 cfg=$2 bucket=$3
   shift 3
   local url="s3://$bucket?endpoint=localhost:$link_port&scheme=https$URL_EXTRA"
-  /usr/bin/time -f '%e %M' -o "$work/time" "$NARPUSH" push --no-deps --to "$url" "$@" \
+  /usr/bin/time -f '%e %M %U %S' -o "$work/time" "$NARPUSH" push --no-deps --to "$url" "$@" \
     >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
   stop_proxies
-  read -r wall rss <"$work/time"
+  read -r wall rss user sys <"$work/time"
   reqs=$(json "$work/count.json" requests)
   conns=$(json "$work/link.json" connections)
   up=$(json "$work/link.json" bytes_up)
   # Floor: requests x RTT / requests in flight + bytes / bandwidth.
   floor=$(awk -v r="$reqs" -v p="$FLIGHT" -v rtt="$RTT" -v b="$up" -v m="$MBIT" \
     'BEGIN { printf "%.2f", r * rtt / 1000 / p + b * 8 / (m * 1e6) }')
-  printf '%-32s %-10s %8.2f %9s %6s %8d %8s\n' "$wl" "$cfg" "$wall" "$reqs" "$conns" $((rss / 1024)) "$floor"
+  cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  printf '%-32s %-10s %8.2f %6s %9s %6s %8d %8s\n' "$wl" "$cfg" "$wall" "$cpu" "$reqs" "$conns" $((rss / 1024)) "$floor"
 }
 
 for cfg in 0.1 "no reuse" now; do
@@ -165,6 +166,9 @@ median() { sort -n | awk '{a[NR]=$1} END {printf "%.1f", a[int((NR + 1) / 2)] / 
 new_ms=$(for p in "${ones[@]}"; do ms "$NARPUSH" push --no-deps --to "$url" "$p"; done | median)
 cached_ms=$(for p in "${ones[@]}"; do ms "$NARPUSH" push --no-deps --to "$url" "$p"; done | median)
 copy_ms=$(for p in "${ones[@]}"; do ms nix --extra-experimental-features nix-command copy --to "file://$work/copy" "$p"; done | median)
-printf '\nloopback, one small path (median of %s): new %s ms, already cached %s ms; nix copy to file:// %s ms\n' \
+# The one child process a push runs, alone: what bounds the cached case.
+info_ms=$(for p in "${ones[@]}"; do ms nix --extra-experimental-features nix-command path-info --json "$p"; done | median)
+printf '\nloopback, one small path (median of %s): new %s ms, already cached %s ms; nix copy to file:// %s ms;\n' \
   "$RUNS" "$new_ms" "$cached_ms" "$copy_ms"
+printf 'of which nix path-info --json alone (narpush'"'"'s one child process): %s ms\n' "$info_ms"
 nix-store --delete "$big" "${small[@]}" "${ones[@]}" >/dev/null 2>&1 || true

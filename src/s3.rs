@@ -1359,37 +1359,92 @@ pub struct StreamingUpload {
     finished: bool,
     /// Called with the key and upload id right after CreateMultipartUpload.
     on_create: Option<OnCreate>,
-    /// The thread that uploads full parts while the next one fills, so compressing
-    /// and sending overlap; at most one part waits for it (memory: two parts).
+    /// The threads that upload full parts while the next one fills, so compressing
+    /// and sending overlap (memory: the parts in flight and the one filling).
     sender: Option<PartSender>,
+    /// How many parts may be in flight at once ([`parts_in_flight`]).
+    in_flight: usize,
+}
+
+/// Memory for one upload's parts (those in flight and the one filling): with the at
+/// most four large NARs a push sends at once, 64 MiB in all.
+const PART_MEMORY: usize = 16 << 20;
+
+/// Parts in flight at once for `part_size`: as many as fit in [`PART_MEMORY`] beside
+/// the one filling, at least one. Over a slow link they go up side by side; when the
+/// compressor is the slower side, there is only ever one to send anyway.
+pub fn parts_in_flight(part_size: usize) -> usize {
+    (PART_MEMORY / part_size.max(1)).saturating_sub(1).max(1)
 }
 
 type PartResult = Result<Vec<(u32, String)>, S3Error>;
 
+/// Threads taking full parts from a rendezvous channel (a part is handed over only
+/// when a thread is free) and uploading them; after a failure the others stop taking
+/// parts, so the writer learns of it at its next part.
 struct PartSender {
     tx: std::sync::mpsc::SyncSender<(u32, Vec<u8>)>,
-    handle: std::thread::JoinHandle<PartResult>,
+    handles: Vec<std::thread::JoinHandle<PartResult>>,
 }
 
 impl PartSender {
-    fn start(client: Client, key: String, upload_id: String) -> PartSender {
+    fn start(client: Client, key: String, upload_id: String, threads: usize) -> PartSender {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::Mutex;
         let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, Vec<u8>)>(0);
-        let handle = std::thread::spawn(move || {
-            let mut parts = Vec::new();
-            for (n, body) in rx {
-                parts.push((n, client.upload_part(&key, &upload_id, n, &body)?));
-            }
-            Ok(parts)
-        });
-        PartSender { tx, handle }
+        let rx = Arc::new(Mutex::new(rx));
+        let failed = Arc::new(AtomicBool::new(false));
+        let handles = (0..threads.max(1))
+            .map(|_| {
+                let (client, key, id) = (client.clone(), key.clone(), upload_id.clone());
+                let (rx, failed) = (rx.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    let mut parts = Vec::new();
+                    loop {
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok((n, body)) = next else { break };
+                        if failed.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        match client.upload_part(&key, &id, n, &body) {
+                            Ok(etag) => parts.push((n, etag)),
+                            Err(e) => {
+                                failed.store(true, Ordering::SeqCst);
+                                return Err(e);
+                            }
+                        }
+                    }
+                    Ok(parts)
+                })
+            })
+            .collect();
+        PartSender { tx, handles }
     }
 
-    /// Wait for the parts sent so far; their numbers and ETags, or the first error.
+    /// Wait for the parts sent so far; their numbers and ETags in order, or the first
+    /// error.
     fn join(self) -> PartResult {
         drop(self.tx);
-        self.handle
-            .join()
-            .unwrap_or_else(|_| panic!("part upload thread panicked"))
+        let mut parts = Vec::new();
+        let mut first_error = None;
+        for h in self.handles {
+            match h
+                .join()
+                .unwrap_or_else(|_| panic!("part upload thread panicked"))
+            {
+                Ok(p) => parts.extend(p),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => {
+                parts.sort_by_key(|(n, _)| *n);
+                Ok(parts)
+            }
+        }
     }
 }
 
@@ -1416,6 +1471,7 @@ impl StreamingUpload {
             finished: false,
             on_create: None,
             sender: None,
+            in_flight: parts_in_flight(part_size),
         }
     }
 
@@ -1543,8 +1599,9 @@ impl StreamingUpload {
             }
             .into());
         }
+        let threads = self.in_flight;
         let sender = self.sender.get_or_insert_with(|| {
-            PartSender::start(self.client.clone(), self.key.clone(), id.clone())
+            PartSender::start(self.client.clone(), self.key.clone(), id.clone(), threads)
         });
         let body = std::mem::take(&mut self.buf);
         if sender.tx.send((n, body)).is_err() {

@@ -973,3 +973,46 @@ fn every_operation_signs_only_what_it_must() {
     assert!(ops.len() >= 8, "{ops:?}");
     common::proxy::assert_signs_only_what_it_must(&reqs);
 }
+
+#[test]
+fn parts_go_up_side_by_side_within_the_memory_budget() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Condvar, Mutex};
+    // 16 MiB for the parts in flight and the one filling: two 5 MiB parts in flight.
+    assert_eq!(narpush::s3::parts_in_flight(5 * MIB), 2);
+    assert_eq!(narpush::s3::parts_in_flight(8 * MIB), 1);
+    assert_eq!(narpush::s3::parts_in_flight(64 * MIB), 1);
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    // Part 1 is held until part 2 has reached the proxy (or 30 s pass): only an
+    // upload with two parts in flight gets part 2 there before part 1 is answered.
+    let seen2 = Arc::new((Mutex::new(false), Condvar::new()));
+    let side_by_side = Arc::new(AtomicBool::new(false));
+    let (s2, sbs) = (seen2.clone(), side_by_side.clone());
+    let proxy = Proxy::start(s.port, move |r: &Req| {
+        if r.is_upload_part() && r.target.contains("partNumber=2&") {
+            *s2.0.lock().unwrap() = true;
+            s2.1.notify_all();
+        }
+        if r.is_upload_part() && r.target.contains("partNumber=1&") {
+            let g = s2.0.lock().unwrap();
+            let (g, _) =
+                s2.1.wait_timeout_while(g, Duration::from_secs(30), |seen| !*seen)
+                    .unwrap();
+            sbs.store(*g, Ordering::SeqCst);
+        }
+        Action::Forward
+    });
+    let c = proxied(&s, &proxy, "");
+    let big = data(12 * MIB + 1, 11);
+    let mut up = StreamingUpload::new(&c, "nar/p.nar".into(), "application/x-nix-nar", 5 * MIB, 0);
+    up.write_all(&big).unwrap();
+    assert_eq!(up.finish().unwrap(), big.len() as u64);
+    assert!(
+        side_by_side.load(Ordering::SeqCst),
+        "part 2 only went up after part 1"
+    );
+    let got = c.get_object("nar/p.nar").unwrap().expect("object exists");
+    assert!(got == big, "reassembled object differs");
+    assert_eq!(s.pending_uploads(), Vec::<String>::new());
+}
