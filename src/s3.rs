@@ -380,7 +380,8 @@ impl Client {
         };
         // Connections are reused while idle for less than `idle_timeout` (a server or
         // a NAT box may drop one silently after that); 0 turns reuse off. Every read
-        // and write on a connection, new or reused, waits at most `io_timeout`.
+        // and write on a connection, new or reused, waits at most `io_timeout`, and so
+        // does the whole head of each answer.
         let pool = if cfg.idle_timeout.is_zero() {
             0
         } else {
@@ -393,6 +394,9 @@ impl Client {
             .timeout_connect(Some(cfg.connect_timeout))
             .timeout_per_read(Some(cfg.io_timeout))
             .timeout_per_write(Some(cfg.io_timeout))
+            // The head of the answer, all of it, within the I/O timeout too: a server
+            // that trickles it never trips a per-read timeout.
+            .timeout_recv_response(Some(cfg.io_timeout))
             .max_idle_connections(pool)
             .max_idle_connections_per_host(pool)
             .max_idle_age(cfg.idle_timeout)
@@ -1079,7 +1083,7 @@ impl Client {
         let agent = &self.inner.agent;
         let mut req = agent.configure_request(req?);
         if let Some(t) = patience {
-            req = req.timeout_per_read(Some(t));
+            req = req.timeout_per_read(Some(t)).timeout_recv_response(Some(t));
         }
         agent.run(req.build())
     }

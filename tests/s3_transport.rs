@@ -1016,3 +1016,30 @@ fn parts_go_up_side_by_side_within_the_memory_budget() {
     assert!(got == big, "reassembled object differs");
     assert_eq!(s.pending_uploads(), Vec::<String>::new());
 }
+
+#[test]
+fn an_answer_trickled_a_byte_at_a_time_times_out() {
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    // ~85 bytes of head at one byte per 300 ms: ~25 s, never 2 s without a byte.
+    let answer = common::proxy::http_response(200, "OK", &[("Content-Type", "text/plain")], "");
+    let proxy = Proxy::start(s.port, move |_: &Req| {
+        Action::Trickle(answer.clone(), Duration::from_millis(300))
+    });
+    let c = proxied(&s, &proxy, "&io-timeout=2&retry-attempts=1");
+    let t = Instant::now();
+    let e = c.head_object("x.narinfo").unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(
+            &e.kind,
+            S3ErrorKind::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    // A bound, not a measurement: the whole trickle would take about 25 s.
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP/1.1 proxy for integration tests: listens on 127.0.0.1,
 //! forwards to a real server (s3s-fs) and, per request, does what a rule says:
-//! forward, answer with a raw response, reset the connection after some bytes of the
-//! request, stall, or close. Requests are parsed only as far as needed (request line,
+//! forward, answer with a raw response (at once, or trickled a byte at a time), reset
+//! the connection after some bytes of the request, stall, or close. Requests are parsed only as far as needed (request line,
 //! headers, `Content-Length` body; narpush never sends chunked bodies), and every
 //! request seen is logged for the test to count.
 //!
@@ -97,6 +97,10 @@ pub enum Action {
     Stall,
     /// Close without an answer as soon as the head is read.
     Close,
+    /// Answer with these bytes one at a time, each after the given pause (a server
+    /// that never stalls long enough for a read timeout, yet never finishes), then
+    /// close; stops early when the client goes away.
+    Trickle(String, Duration),
 }
 
 pub type Rule = dyn Fn(&Req) -> Action + Send + Sync;
@@ -346,6 +350,16 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
         };
         let action = (sh.rule)(&req);
         match action {
+            Action::Trickle(raw, pause) => {
+                for b in raw.as_bytes() {
+                    if sh.stop.load(Ordering::SeqCst) || client.write_all(&[*b]).is_err() {
+                        break;
+                    }
+                    // The one sleep in the proxy: trickling is a matter of time.
+                    std::thread::sleep(pause);
+                }
+                return Ok(());
+            }
             Action::Respond(raw) => {
                 // Drain the body so the client is not reset before it reads the answer.
                 let mut have = (buf.len() - head_len) as u64;
