@@ -19,19 +19,6 @@ impl<W: Write> HashingWriter<W> {
         }
     }
 
-    /// Bytes written so far.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn inner_mut(&mut self) -> &mut W {
-        &mut self.inner
-    }
-
     /// The inner writer, the SHA-256 and the byte count.
     pub fn finish(self) -> (W, [u8; 32], u64) {
         (self.inner, self.hasher.finalize().into(), self.len)

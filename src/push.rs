@@ -143,7 +143,6 @@ pub enum Outcome {
     Pushed {
         nar_size: u64,
         file_size: u64,
-        elapsed: Duration,
     },
     /// The cache already had its narinfo.
     Present,
@@ -321,7 +320,6 @@ pub fn push(
                     Outcome::Pushed {
                         nar_size,
                         file_size,
-                        elapsed,
                     }
                 }
                 Err(e) => {
