@@ -22,16 +22,10 @@ use crate::store_path::StorePath;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Longest wait between passes while the cache is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-fn now_secs() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
 
 /// The hook, queueing: append the outputs Nix named (or `DRV_PATH` when it named
 /// none) to the queue, make sure a pusher runs, print one line, exit 0. No `nix`
@@ -359,7 +353,7 @@ fn drain(
     let plog = PushLog::new(&config.state_dir);
     let progress = Mutex::new(PusherState {
         pid: std::process::id(),
-        since: now_secs(),
+        since: crate::cache::now_secs(),
         ..PusherState::default()
     });
     progress.lock().map(|s| s.save(&config.state_dir)).ok();
@@ -553,7 +547,7 @@ pub fn run_retry(config: &Config, env: Env) -> Result<i32> {
     let plog = PushLog::new(&config.state_dir);
     let progress = Mutex::new(PusherState {
         pid: std::process::id(),
-        since: now_secs(),
+        since: crate::cache::now_secs(),
         ..PusherState::default()
     });
     let log = event_log(config, &plog, &progress, true);
@@ -572,7 +566,7 @@ pub fn run_status(config: &Config, json: bool, max_age: Option<Duration>) -> Res
     let list = PendingList::open(dir)?;
     let entries = list.load()?;
     let since = list.queued_since(&entries);
-    let now = now_secs();
+    let now = crate::cache::now_secs();
     let oldest = since.iter().min().map(|t| (now - t).max(0) as u64);
     let pusher = PusherState::load(dir).filter(|s| queue::process_alive(s.pid));
     let last = PushLog::new(dir).tail(10);
