@@ -4,8 +4,7 @@
 //! are recorded in the pending list, and the exit code is 0 unless `--strict`.
 
 use crate::cache::Cache;
-use crate::compress::Compression;
-use crate::config::{Command, Config, HookEnv};
+use crate::config::{Command, Config, HookEnv, Target};
 use crate::error::{Error, Result};
 use crate::pathinfo::{resolve_user_path, LocalNix};
 use crate::pending::PendingList;
@@ -16,11 +15,8 @@ use crate::store_url::StoreUrl;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// How `main` sees the environment (the real one, or a test's).
-pub type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
-
 /// Run a resolved command; returns the exit code.
-pub fn run(config: Config, env: Env) -> Result<i32> {
+pub fn run(config: Config) -> Result<i32> {
     match &config.command {
         Command::Help(text) => {
             print!("{text}");
@@ -35,15 +31,15 @@ pub fn run(config: Config, env: Env) -> Result<i32> {
             let (paths, hook) = (paths.clone(), hook.clone());
             match hook {
                 Some(h) if !config.wait => crate::pusher::run_queue_hook(&config, &h),
-                Some(h) => run_hook(&config, &h, env),
-                None => run_push(&config, &paths, env),
+                Some(h) => run_hook(&config, &h),
+                None => run_push(&config, &paths),
             }
         }
-        Command::Retry => crate::pusher::run_retry(&config, env),
-        Command::Flush { timeout } => crate::pusher::run_flush(&config, env, *timeout),
+        Command::Retry => crate::pusher::run_retry(&config),
+        Command::Flush { timeout } => crate::pusher::run_flush(&config, *timeout),
         Command::Status { json, max_age } => crate::pusher::run_status(&config, *json, *max_age),
-        Command::Pusher => crate::pusher::run_pusher(&config, env),
-        Command::Life(c) => crate::life::run(c, &config, env),
+        Command::Pusher { spawned } => crate::pusher::run_pusher(&config, *spawned),
+        Command::Life(c) => crate::life::run(c, &config),
     }
 }
 
@@ -81,47 +77,23 @@ fn keygen(name: &str, out: &Path) -> Result<i32> {
     Ok(0)
 }
 
-/// Everything a push needs, built from the configuration.
-pub(crate) struct Target {
+/// An open cache and the options a push needs, from the configuration.
+pub(crate) struct Opened {
     pub(crate) cache: Cache,
     pub(crate) opts: PushOptions,
 }
 
-/// The store URL `--to` names, parsed (the region defaults to `AWS_REGION`).
-pub(crate) fn target_url(config: &Config, env: Env) -> Result<StoreUrl> {
-    let to = config.to.as_deref().ok_or_else(|| {
-        Error::Usage(
-            "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
-             set NARPUSH_TO, or 'to' in /etc/narpush.toml"
-                .into(),
-        )
-    })?;
-    let region = env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
-    StoreUrl::parse(to, region.as_deref())
-}
-
-/// The [`Cache`] over `url`: for S3, a client with the credentials found, failing fast
-/// once the server is unreachable, and (`journal`, for pushes) the upload journal in
-/// the state directory, whose stale uploads are aborted now.
-pub(crate) fn open_cache(
-    url: &StoreUrl,
-    config: &Config,
-    env: Env,
-    journal: bool,
-) -> Result<Cache> {
-    Ok(match url {
+/// Open the [`Cache`] `target` names: for S3, a client with the credentials read now,
+/// failing fast once the server is unreachable, and (`journal`, the state directory
+/// of a push) the upload journal there, whose stale uploads are aborted now.
+pub(crate) fn open_cache(target: &Target, journal: Option<&Path>) -> Result<Cache> {
+    Ok(match &target.url {
         StoreUrl::File { dir, .. } => Cache::File { dir: dir.clone() },
         StoreUrl::S3(s3) => {
-            let home = env("HOME").map(PathBuf::from);
-            let req = crate::creds::Request {
-                credentials_file: config.credentials_file.as_deref(),
-                profile: s3.profile.as_deref(),
-            };
-            let creds = crate::creds::resolve(&req, env, home.as_deref())?;
+            let creds = target.credentials.read()?;
             let client = crate::s3::Client::new(crate::s3::S3Config::from_url(s3, creds))?;
             client.fail_fast_after_outage();
-            let journal =
-                journal.then(|| crate::uploads::Journal::new(&config.state_dir, client.describe()));
+            let journal = journal.map(|dir| crate::uploads::Journal::new(dir, client.describe()));
             let cache = Cache::S3 {
                 client,
                 part_size: s3.part_size as usize,
@@ -133,22 +105,12 @@ pub(crate) fn open_cache(
     })
 }
 
-pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
-    let url = target_url(config, env)?;
-    let params = match &url {
-        StoreUrl::File { params, .. } => params,
-        StoreUrl::S3(s3) => &s3.cache,
-    };
-    let compression = Compression::parse(
-        config
-            .compression
-            .as_deref()
-            .or(params.compression.as_deref())
-            .unwrap_or("zstd"),
-    )?;
-    let level = compression.check_level(config.compression_level.or(params.compression_level))?;
+/// Open the cache to push to, with the signing keys loaded.
+pub(crate) fn open_target(config: &Config) -> Result<Opened> {
+    let target = config.target()?;
+    let compression = config.compression()?;
     let mut keys = Vec::new();
-    for path in config.key_files.iter().chain(&params.secret_keys) {
+    for path in &target.key_files {
         let (key, warning) = SecretKey::load(path)?;
         if let Some(w) = warning {
             eprintln!("narpush: warning: {w}");
@@ -160,10 +122,10 @@ pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
             "narpush: warning: no signing key (--key-file); clients with require-sigs accept these paths only through signatures they already carry"
         );
     }
-    let cache = open_cache(&url, config, env, true)?;
+    let cache = open_cache(target, Some(&config.state_dir))?;
     let opts = PushOptions {
-        compression,
-        level,
+        compression: compression.method,
+        level: compression.level,
         keys,
         deps: config.deps,
         upstream_keys: config.upstream_keys.clone(),
@@ -172,7 +134,7 @@ pub(crate) fn open_target(config: &Config, env: Env) -> Result<Target> {
         progress: !config.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
         exclude: config.exclude.clone(),
     };
-    Ok(Target { cache, opts })
+    Ok(Opened { cache, opts })
 }
 
 /// The per-path lines, as they happen.
@@ -261,13 +223,13 @@ fn resolve_args(paths: &[PathBuf], store_dir: &str) -> Result<Vec<StorePath>> {
 }
 
 /// By hand: every failure is an error (exit 1), with a line per path.
-fn run_push(config: &Config, paths: &[PathBuf], env: Env) -> Result<i32> {
+fn run_push(config: &Config, paths: &[PathBuf]) -> Result<i32> {
     let nix = LocalNix::detect()?;
     let roots = without_excluded(config, resolve_args(paths, &nix.store_dir)?, &nix.store_dir);
     if roots.is_empty() {
         return Ok(0);
     }
-    let target = open_target(config, env)?;
+    let target = open_target(config)?;
     let report = push::push(&nix, &target.cache, &roots, &target.opts, &logger(config))?;
     summary(config, &report, &target.cache);
     if config.upload_log {
@@ -338,7 +300,7 @@ fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<Str
 /// reboot) leaves them for `narpush retry` instead of losing them. That first write
 /// is best effort: when the state directory cannot be written, a warning says so,
 /// and only a push that then fails makes the hook exit non-zero.
-fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
+fn run_hook(config: &Config, hook: &HookEnv) -> Result<i32> {
     let nix = LocalNix::detect()?;
     let (roots, junk) = hook_roots(&nix, hook)?;
     let roots = without_excluded(config, roots, &nix.store_dir);
@@ -350,7 +312,7 @@ fn run_hook(config: &Config, hook: &HookEnv, env: Env) -> Result<i32> {
     if let Err(e) = &ahead {
         eprintln!("narpush: warning: {e}; paths that fail to push cannot be recorded for later");
     }
-    let failed: Vec<String> = match open_target(config, env)
+    let failed: Vec<String> = match open_target(config)
         .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, &logger(config)).map(|r| (t, r)))
     {
         Ok((target, report)) => {

@@ -2,7 +2,6 @@
 //! `none`), their names and file extensions exactly as Nix spells them in narinfo
 //! `Compression:` and `URL:`, and streaming encoders over any `Write`.
 
-use crate::error::{Error, Result};
 use std::io::{self, Write};
 use std::num::NonZeroU64;
 
@@ -29,14 +28,16 @@ const XZ_MIN_BLOCK_DICTS: u64 = 2;
 const XZ_MAX_BLOCK_DICTS: u64 = 3;
 
 impl Compression {
-    pub fn parse(name: &str) -> Result<Compression> {
+    /// The method named `name`; the error is the message, without saying where the
+    /// name came from (the caller adds that).
+    pub fn parse(name: &str) -> std::result::Result<Compression, String> {
         match name {
             "zstd" => Ok(Compression::Zstd),
             "xz" => Ok(Compression::Xz),
             "none" => Ok(Compression::None),
-            other => Err(Error::Usage(format!(
-                "compression '{other}' is not supported; use zstd (default), xz or none"
-            ))),
+            other => Err(format!(
+                "unknown compression '{other}'; use zstd, xz or none"
+            )),
         }
     }
 
@@ -58,8 +59,12 @@ impl Compression {
         }
     }
 
-    /// Check a level for this method; `None` means the default.
-    pub fn check_level(self, level: Option<i32>) -> Result<Option<i32>> {
+    /// The one rule for a level, wherever it was given (flag, environment, config file
+    /// or store URL): `None` and `-1` (Nix's spelling of "the default") mean the
+    /// method's default, `none` ignores any level, and anything else must be in the
+    /// method's range (zstd 1..=22, xz 0..=9). The error is the message, without
+    /// saying where the level came from (the caller adds that).
+    pub fn check_level(self, level: Option<i32>) -> std::result::Result<Option<i32>, String> {
         let range = match self {
             Compression::None => return Ok(None),
             Compression::Xz => 0..=9,
@@ -67,12 +72,12 @@ impl Compression {
         };
         match level {
             Some(-1) => Ok(None),
-            Some(l) if !range.contains(&l) => Err(Error::Usage(format!(
-                "compression level {l} is out of range for {}: use {}..={}",
+            Some(l) if !range.contains(&l) => Err(format!(
+                "level {l} is out of range for {} ({}..={})",
                 self.name(),
                 range.start(),
                 range.end()
-            ))),
+            )),
             other => Ok(other),
         }
     }

@@ -1,7 +1,10 @@
 //! Configuration: raw command-line [`Args`], the environment and the config file,
-//! resolved into one validated [`Config`]. This is the only module that reads
-//! environment variables or the config file; it takes the environment as a
-//! function so tests (and `main`) decide what it sees.
+//! resolved in one step into a validated [`Config`] that holds everything a command
+//! needs: the store URL parsed (region defaulted from the environment), its
+//! parameters merged under the settings, the compression and its level checked by one
+//! rule, the signing key files, and where the S3 credentials are. This is the only
+//! module that reads environment variables or the config file; it takes the
+//! environment as a function so tests (and `main`) decide what it sees.
 //!
 //! Precedence, per setting: command line, then environment (`NARPUSH_*`), then the
 //! config file (`--config F`, else `$NARPUSH_CONFIG`, else `/etc/narpush.toml` if it
@@ -21,7 +24,9 @@
 use std::path::{Path, PathBuf};
 
 use crate::cli::{self, Args, RawCommand};
+use crate::compress::Compression;
 use crate::error::{Error, Result};
+use crate::store_url::StoreUrl;
 
 mod toml;
 use toml::Value;
@@ -46,8 +51,9 @@ pub enum Command {
         json: bool,
         max_age: Option<std::time::Duration>,
     },
-    /// The background pusher.
-    Pusher,
+    /// The background pusher; `spawned`: started by a hook (`NARPUSH_PUSHER_SPAWNED`
+    /// set), so it detaches itself.
+    Pusher { spawned: bool },
     /// Write `out.sec` and `out.pub` for key `name`.
     Keygen { name: String, out: PathBuf },
     /// Print this text to stdout and exit 0.
@@ -82,14 +88,15 @@ pub enum Deps {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub command: Command,
-    /// The store URL (`s3://…` or `file://…`); checked by `store_url`.
+    /// The store URL (`s3://…` or `file://…`) as given; [`Config::target`] is it parsed.
     pub to: Option<String>,
+    /// The `key-file`s the settings name (the URL's `secret-key`s are in the target).
     pub key_files: Vec<PathBuf>,
     pub credentials_file: Option<PathBuf>,
-    /// `zstd`, `xz` or `none`; `None` means the default (zstd).
-    pub compression: Option<String>,
-    /// In range for the compression (zstd 1..=22, xz 0..=9); dropped for `none`.
-    pub compression_level: Option<i32>,
+    /// The cache, or why there is none; see [`Config::target`].
+    target: std::result::Result<Target, String>,
+    /// The compression, or why it is wrong; see [`Config::compression`].
+    compression: std::result::Result<CompressionSettings, String>,
     pub jobs: usize,
     /// Threads compressing one large NAR (zstd and xz).
     pub compression_threads: usize,
@@ -111,6 +118,175 @@ pub struct Config {
     pub spawn_pusher: bool,
     /// Upload each derivation's build log with its outputs (`--upload-log`).
     pub upload_log: bool,
+}
+
+/// The cache that `to` names, with what the settings merge over its URL parameters:
+/// everything a command needs to open it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// `to`, parsed; the region defaults to `AWS_REGION`, else `AWS_DEFAULT_REGION`.
+    pub url: StoreUrl,
+    /// The signing keys: the `key-file`s, then the URL's `secret-key`s.
+    pub key_files: Vec<PathBuf>,
+    /// Where S3 credentials are to be found (unused for `file://`).
+    pub credentials: CredentialSource,
+}
+
+/// How NARs are compressed: the method and its level, checked together by
+/// [`Compression::check_level`] whatever each came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressionSettings {
+    pub method: Compression,
+    /// In range for `method`; `None`: the method's default (always for `none`).
+    pub level: Option<i32>,
+}
+
+/// Where S3 credentials are to be found: the credentials file, the URL's profile, the
+/// `AWS_*` variables and the home directory, located here with the rest of the
+/// configuration but *read* only by [`CredentialSource::read`], when a command opens
+/// an `s3://` cache. Reading them here would make every command need them: the
+/// queueing hook, `status` and `init --print-policy` need none (a hook must queue even
+/// when the credentials file is not readable yet), and a pusher that runs for hours
+/// reads the files again on each pass, so a fixed credentials file needs no restart.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialSource {
+    /// `credentials-file`.
+    pub file: Option<PathBuf>,
+    /// The store URL's `profile=`.
+    pub profile: Option<String>,
+    /// `HOME`, for `~/.aws/credentials` and `~/.aws/config`.
+    pub home: Option<PathBuf>,
+    /// The [`CREDENTIAL_VARIABLES`] that are set, as narpush found them.
+    vars: Vec<(&'static str, String)>,
+}
+
+/// The environment variables `creds::resolve` consults.
+const CREDENTIAL_VARIABLES: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
+impl CredentialSource {
+    fn locate(
+        file: Option<PathBuf>,
+        profile: Option<String>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> CredentialSource {
+        CredentialSource {
+            file,
+            profile,
+            home: env("HOME").map(PathBuf::from),
+            vars: CREDENTIAL_VARIABLES
+                .iter()
+                .filter_map(|&k| env(k).map(|v| (k, v)))
+                .collect(),
+        }
+    }
+
+    /// Read the credentials (the files named, or the variables).
+    pub fn read(&self) -> Result<crate::creds::Credentials> {
+        let req = crate::creds::Request {
+            credentials_file: self.file.as_deref(),
+            profile: self.profile.as_deref(),
+        };
+        let env = |k: &str| {
+            self.vars
+                .iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| v.clone())
+        };
+        crate::creds::resolve(&req, &env, self.home.as_deref())
+    }
+}
+
+impl std::fmt::Debug for CredentialSource {
+    /// The variables' names only: their values include the secret key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.vars.iter().map(|(k, _)| *k).collect();
+        f.debug_struct("CredentialSource")
+            .field("file", &self.file)
+            .field("profile", &self.profile)
+            .field("home", &self.home)
+            .field("vars", &names)
+            .finish()
+    }
+}
+
+impl Config {
+    /// The cache to open. The error (no `to`, or a store URL that does not parse) is
+    /// kept until a command that needs the cache asks: queueing a hook's outputs and
+    /// `status` need none.
+    pub fn target(&self) -> Result<&Target> {
+        self.target.as_ref().map_err(|m| Error::Usage(m.clone()))
+    }
+
+    /// The compression to push with. An error that a store URL parameter takes part
+    /// in is kept until a command that pushes asks; one that the command line, the
+    /// environment or the config file alone make is reported by [`resolve`].
+    pub fn compression(&self) -> Result<CompressionSettings> {
+        self.compression.clone().map_err(Error::Usage)
+    }
+}
+
+/// What [`Config::target`] says when no setting names the cache.
+const NO_CACHE: &str =
+    "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
+     set NARPUSH_TO, or 'to' in /etc/narpush.toml";
+
+/// A value with where it came from (`--jobs`, `NARPUSH_JOBS`, `config file F line N:
+/// jobs`), for messages.
+type Sourced<T> = (T, String);
+
+/// The compression from the settings (`own`) and the store URL's parameters, merged
+/// (the settings win, one value at a time) and checked by the one rule. `own`'s
+/// method name was checked when it was read. The flag says whether the store URL
+/// supplied the method or the level used, so the caller knows whose error it is.
+fn merge_compression(
+    own_method: Option<Sourced<Compression>>,
+    own_level: Option<Sourced<i32>>,
+    url: Option<(&crate::store_url::CacheParams, &str)>,
+) -> (std::result::Result<CompressionSettings, String>, bool) {
+    let mut from_url = false;
+    let method = match (
+        own_method,
+        url.and_then(|(p, to)| Some((p.compression.as_deref()?, to))),
+    ) {
+        (Some((m, from)), _) => Ok((m, from)),
+        (None, Some((name, to))) => {
+            from_url = true;
+            let from = format!("store URL '{to}': compression");
+            match Compression::parse(name) {
+                Ok(m) => Ok((m, from)),
+                Err(e) => Err(format!("{from}: {e}")),
+            }
+        }
+        (None, None) => Ok((Compression::Zstd, "the default".to_string())),
+    };
+    let level = match (
+        own_level,
+        url.and_then(|(p, to)| Some((p.compression_level?, to))),
+    ) {
+        (Some(l), _) => Some(l),
+        (None, Some((l, to))) => {
+            from_url = true;
+            Some((l, format!("store URL '{to}': compression-level")))
+        }
+        (None, None) => None,
+    };
+    let settings = method.and_then(|(method, _)| {
+        let level = match level {
+            Some((l, from)) => method
+                .check_level(Some(l))
+                .map_err(|e| format!("{from}: {e}"))?,
+            None => None,
+        };
+        Ok(CompressionSettings { method, level })
+    });
+    (settings, from_url)
 }
 
 /// The default of `give-up-after`.
@@ -192,15 +368,19 @@ fn default_state_dir(env: &dyn Fn(&str) -> Option<String>, root: bool) -> Result
 }
 
 fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> Result<Config> {
+    let raw_env = env;
     // Environment values that are set but empty count as unset.
-    let env = |name: &str| env(name).filter(|v| !v.is_empty());
+    let env = |name: &str| raw_env(name).filter(|v| !v.is_empty());
     let mut config = Config {
         command: Command::Version,
         to: None,
         key_files: Vec::new(),
         credentials_file: None,
-        compression: None,
-        compression_level: None,
+        target: Err(NO_CACHE.to_string()),
+        compression: Ok(CompressionSettings {
+            method: Compression::Zstd,
+            level: None,
+        }),
         jobs: default_jobs(),
         compression_threads: default_compression_threads(),
         upstream_keys: vec![DEFAULT_UPSTREAM_KEY.to_string()],
@@ -268,7 +448,9 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
             None
         }
         RawCommand::Pusher => {
-            config.command = Command::Pusher;
+            config.command = Command::Pusher {
+                spawned: env(crate::queue::SPAWNED_ENV).is_some(),
+            };
             None
         }
         RawCommand::Push { paths } => Some(paths),
@@ -347,13 +529,14 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         (None, None, Some((c, line))) => Some((c, at(line, "compression"))),
         _ => None,
     };
-    if let Some((c, from)) = &compression {
-        if !matches!(c.as_str(), "zstd" | "xz" | "none") {
-            return Err(Error::Usage(format!(
-                "{from}: unknown compression '{c}'; use zstd, xz or none"
-            )));
-        }
-    }
+    // A misspelt method is wrong whatever the URL says: report it now.
+    let compression = match compression {
+        Some((c, from)) => Some((
+            Compression::parse(&c).map_err(|e| Error::Usage(format!("{from}: {e}")))?,
+            from,
+        )),
+        None => None,
+    };
     let level = match (
         args.compression_level,
         env("NARPUSH_COMPRESSION_LEVEL"),
@@ -371,22 +554,47 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         (None, None, Some((l, line))) => Some((l, at(line, "compression-level"))),
         _ => None,
     };
-    let algo = compression.as_ref().map_or("zstd", |(c, _)| c.as_str());
-    config.compression_level = match (algo, level) {
-        (_, None) | ("none", Some(_)) => None,
-        (algo, Some((l, from))) => {
-            let range = if algo == "xz" { 0..=9 } else { 1..=22 };
-            if !range.contains(&l) {
-                return Err(Error::Usage(format!(
-                    "{from}: level {l} is out of range for {algo} ({}..={})",
-                    range.start(),
-                    range.end()
-                )));
-            }
-            Some(l)
-        }
+
+    // The store URL, and what the settings merge over its parameters. Errors that
+    // come from the settings alone are reported now, by every command, as they
+    // always were; those the URL takes part in wait for a command that opens the
+    // cache (a hook that only queues must not fail for a typo in a URL it does not
+    // use yet). The region and HOME are taken as the environment has them.
+    let region = raw_env("AWS_REGION").or_else(|| raw_env("AWS_DEFAULT_REGION"));
+    let url = match &config.to {
+        Some(to) => StoreUrl::parse(to, region.as_deref()).map_err(|e| e.to_string()),
+        None => Err(NO_CACHE.to_string()),
     };
-    config.compression = compression.map(|(c, _)| c);
+    let params = url.as_ref().ok().map(|u| match u {
+        StoreUrl::File { params, .. } => params,
+        StoreUrl::S3(s3) => &s3.cache,
+    });
+    let to = config.to.as_deref().unwrap_or_default();
+    let (compression, from_url) = merge_compression(compression, level, params.map(|p| (p, to)));
+    if let (Err(e), false) = (&compression, from_url) {
+        return Err(Error::Usage(e.clone()));
+    }
+    config.compression = compression;
+    config.target = url.map(|url| {
+        let (secret_keys, profile) = match &url {
+            StoreUrl::File { params, .. } => (&params.secret_keys, None),
+            StoreUrl::S3(s3) => (&s3.cache.secret_keys, s3.profile.clone()),
+        };
+        Target {
+            key_files: config
+                .key_files
+                .iter()
+                .chain(secret_keys)
+                .cloned()
+                .collect(),
+            credentials: CredentialSource::locate(
+                config.credentials_file.clone(),
+                profile,
+                raw_env,
+            ),
+            url,
+        }
+    });
 
     let count = |flag: Option<usize>, var: &str, file: Option<(i64, usize)>, key: &str, max| {
         let n = match (flag, env(var), file) {
@@ -772,8 +980,8 @@ mod tests {
         );
         assert_eq!(c.to, None);
         assert!(c.key_files.is_empty());
-        assert_eq!(c.compression, None);
-        assert_eq!(c.compression_level, None);
+        assert_eq!(c.compression().unwrap().method, Compression::Zstd);
+        assert_eq!(c.compression().unwrap().level, None);
         assert_eq!(c.jobs, 16);
         assert_eq!(c.upstream_keys, vec!["cache.nixos.org-1".to_string()]);
         assert_eq!(c.deps, Deps::Missing);
@@ -962,6 +1170,187 @@ mod tests {
     }
 
     #[test]
+    fn one_rule_for_the_compression_level_from_flag_env_file_and_url() {
+        let cf = no_file("level-rule");
+        let run = |a: &[&str], vars: &[(&str, &str)]| {
+            let mut all = vec![("NARPUSH_CONFIG", cf.as_str()), ("HOME", "/h")];
+            all.extend_from_slice(vars);
+            resolve_as(args(a), &Env::new(&all).get(), false)
+        };
+        let level = |a: &[&str]| {
+            run(a, &[])
+                .unwrap()
+                .compression()
+                .map(|c| (c.method, c.level))
+        };
+        // The same level is refused with the same words, wherever it was given.
+        let flag = usage_msg(run(&["--compression-level", "23", "p"], &[]));
+        assert_eq!(
+            flag,
+            "--compression-level: level 23 is out of range for zstd (1..=22)"
+        );
+        let url = "file:///c?compression-level=23";
+        let c = run(&["--to", url, "p"], &[]).expect("a URL's level waits for the push");
+        let m = c.compression().unwrap_err().to_string();
+        assert_eq!(
+            m,
+            format!(
+                "store URL '{url}': compression-level: level 23 is out of range for zstd (1..=22)"
+            )
+        );
+        assert_eq!(
+            m.split_once(": compression-level: ").unwrap().1,
+            flag.split_once(": ").unwrap().1
+        );
+        let env = usage_msg(run(&["p"], &[("NARPUSH_COMPRESSION_LEVEL", "23")]));
+        assert_eq!(
+            env.split_once(": ").unwrap().1,
+            flag.split_once(": ").unwrap().1
+        );
+        // -1 is Nix's "the default", from a flag as from a URL.
+        assert_eq!(
+            level(&["--compression-level", "-1", "p"]).unwrap(),
+            (Compression::Zstd, None)
+        );
+        assert_eq!(
+            level(&["--to", "file:///c?compression=xz&compression-level=-1", "p"]).unwrap(),
+            (Compression::Xz, None)
+        );
+        // A level is checked against the method it is used with, wherever that came from.
+        assert_eq!(
+            level(&[
+                "--to",
+                "file:///c?compression=xz",
+                "--compression-level",
+                "0",
+                "p"
+            ])
+            .unwrap(),
+            (Compression::Xz, Some(0))
+        );
+        let m = level(&[
+            "--to",
+            "file:///c?compression=xz",
+            "--compression-level",
+            "12",
+            "p",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            m,
+            "--compression-level: level 12 is out of range for xz (0..=9)"
+        );
+        assert_eq!(
+            level(&[
+                "--to",
+                "file:///c?compression=none",
+                "--compression-level",
+                "30",
+                "p"
+            ])
+            .unwrap(),
+            (Compression::None, None)
+        );
+        // The settings win over the URL, one value at a time.
+        assert_eq!(
+            level(&[
+                "--to",
+                "file:///c?compression=xz&compression-level=2",
+                "--compression",
+                "zstd",
+                "p"
+            ])
+            .unwrap(),
+            (Compression::Zstd, Some(2))
+        );
+        let m = level(&["--to", "file:///c?compression=gz", "p"])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            m,
+            "store URL 'file:///c?compression=gz': compression: unknown compression 'gz'; use zstd, xz or none"
+        );
+        // A misspelt method in the settings is refused at once, URL or not.
+        let m = usage_msg(run(
+            &[
+                "--to",
+                "file:///c?compression-level=3",
+                "--compression",
+                "gz",
+                "p",
+            ],
+            &[],
+        ));
+        assert_eq!(
+            m,
+            "--compression: unknown compression 'gz'; use zstd, xz or none"
+        );
+    }
+
+    #[test]
+    fn the_target_is_resolved_with_the_configuration() {
+        let cf = no_file("target");
+        let run = |a: &[&str], vars: &[(&str, &str)]| {
+            let mut all = vec![("NARPUSH_CONFIG", cf.as_str())];
+            all.extend_from_slice(vars);
+            resolve_as(args(a), &Env::new(&all).get(), false).unwrap()
+        };
+        // No cache named: only the commands that open one say so.
+        let c = run(&["--state-dir", "/s", "p"], &[]);
+        assert_eq!(
+            c.target().unwrap_err().to_string(),
+            "no binary cache given: pass --to URL (e.g. s3://nix-cache?endpoint=s3.example.org), \
+             set NARPUSH_TO, or 'to' in /etc/narpush.toml"
+        );
+        let c = run(&["--to", "http://x", "--state-dir", "/s", "p"], &[]);
+        assert!(c
+            .target()
+            .unwrap_err()
+            .to_string()
+            .starts_with("store URL 'http://x'"));
+        // The URL's keys follow the settings' keys; the region defaults from the
+        // environment; the credentials are located, not read.
+        let c = run(
+            &[
+                "--to",
+                "s3://bkt?profile=builder&secret-key=/url.sec",
+                "--key-file",
+                "/flag.sec",
+                "--credentials-file",
+                "/nonexistent/creds",
+                "p",
+            ],
+            &[
+                ("HOME", "/home/u"),
+                ("AWS_DEFAULT_REGION", "eu-north-1"),
+                ("AWS_SECRET_ACCESS_KEY", "s3cr3t-value"),
+            ],
+        );
+        let t = c.target().unwrap();
+        assert_eq!(
+            t.key_files,
+            vec![PathBuf::from("/flag.sec"), PathBuf::from("/url.sec")]
+        );
+        let StoreUrl::S3(s3) = &t.url else {
+            panic!("{:?}", t.url)
+        };
+        assert_eq!(s3.region, "eu-north-1");
+        assert_eq!(
+            t.credentials.file,
+            Some(PathBuf::from("/nonexistent/creds"))
+        );
+        assert_eq!(t.credentials.profile.as_deref(), Some("builder"));
+        assert_eq!(t.credentials.home, Some(PathBuf::from("/home/u")));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("s3cr3t-value"), "{shown}");
+        assert!(shown.contains("AWS_SECRET_ACCESS_KEY"), "{shown}");
+        // Read when asked, with the file named.
+        let e = t.credentials.read().unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/creds"), "{e}");
+    }
+
+    #[test]
     fn precedence_cli_env_file() {
         let f = write_config(
             "precedence",
@@ -993,8 +1382,8 @@ state-dir = "state"
             vec![dir.join("keys/a.sec"), PathBuf::from("/abs/b.sec")]
         );
         assert_eq!(c.credentials_file, Some(dir.join("creds")));
-        assert_eq!(c.compression.as_deref(), Some("xz"));
-        assert_eq!(c.compression_level, Some(3));
+        assert_eq!(c.compression().unwrap().method, Compression::Xz);
+        assert_eq!(c.compression().unwrap().level, Some(3));
         assert_eq!(c.jobs, 7);
         assert_eq!(c.compression_threads, 3);
         assert_eq!(c.upstream_keys, vec!["u-1".to_string()]);
@@ -1023,8 +1412,8 @@ state-dir = "state"
             vec![PathBuf::from("/e1"), PathBuf::from("/e2")]
         );
         assert_eq!(c.credentials_file, Some(PathBuf::from("/ecreds")));
-        assert_eq!(c.compression.as_deref(), Some("zstd"));
-        assert_eq!(c.compression_level, Some(19));
+        assert_eq!(c.compression().unwrap().method, Compression::Zstd);
+        assert_eq!(c.compression().unwrap().level, Some(19));
         assert_eq!(c.jobs, 5);
         assert_eq!(c.compression_threads, 2);
         assert!(!c.strict);
@@ -1056,8 +1445,12 @@ state-dir = "state"
         assert_eq!(c.to.as_deref(), Some("file:///cli"));
         assert_eq!(c.key_files, vec![PathBuf::from("/c1")]);
         assert_eq!(c.credentials_file, Some(PathBuf::from("/ccreds")));
-        assert_eq!(c.compression.as_deref(), Some("none"));
-        assert_eq!(c.compression_level, None, "a level means nothing for none");
+        assert_eq!(c.compression().unwrap().method, Compression::None);
+        assert_eq!(
+            c.compression().unwrap().level,
+            None,
+            "a level means nothing for none"
+        );
         assert_eq!(c.jobs, 3);
         assert_eq!(c.upstream_keys, vec!["x-1".to_string()]);
         assert_eq!(c.deps, Deps::None);

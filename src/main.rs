@@ -15,7 +15,7 @@ fn main() {
                 _ => None,
             };
             let state_dir = cfg.state_dir.clone();
-            match (app::run(cfg, &env), hook) {
+            match (app::run(cfg), hook) {
                 (Ok(code), _) => code,
                 (Err(e), Some(h)) => hook_failure(&e, &h, &state_dir),
                 (Err(e), None) => report(&e),

@@ -9,7 +9,7 @@
 //! without progress, leaving the list for the next hook or the retry timer. How it
 //! exits without losing a path queued meanwhile is `queue.rs`'s protocol.
 
-use crate::app::{logger, open_target, summary, Env};
+use crate::app::{logger, open_target, summary};
 use crate::config::{Config, HookEnv};
 use crate::error::{Error, Result};
 use crate::glob::first_match;
@@ -185,7 +185,6 @@ fn resolve_entries(
 /// One pass over `entries`. `log` sees every push event.
 fn pass(
     config: &Config,
-    env: Env,
     list: &PendingList,
     entries: &[String],
     plog: &PushLog,
@@ -228,7 +227,7 @@ fn pass(
         s.total = roots.len();
         s.done = 0;
     }
-    let report = open_target(config, env)
+    let report = open_target(config)
         .and_then(|t| push::push(&nix, &t.cache, &roots, &t.opts, log).map(|r| (t, r)));
     let (target, report) = match report {
         Ok(r) => r,
@@ -343,7 +342,6 @@ enum Drained {
 #[allow(clippy::too_many_arguments)]
 fn drain(
     config: &Config,
-    env: Env,
     list: &PendingList,
     mut guard: PusherGuard,
     console: bool,
@@ -372,7 +370,7 @@ fn drain(
                 }
             }
         }
-        let p = pass(config, env, list, &entries, &plog, &log, &progress)?;
+        let p = pass(config, list, &entries, &plog, &log, &progress)?;
         for h in &p.handled {
             if !handled.contains(h) {
                 handled.push(h.clone());
@@ -425,8 +423,7 @@ fn drain(
 }
 
 /// `narpush pusher`: exit at once if another holds the lock; else drain.
-pub fn run_pusher(config: &Config, env: Env) -> Result<i32> {
-    let spawned = env(queue::SPAWNED_ENV).is_some();
+pub fn run_pusher(config: &Config, spawned: bool) -> Result<i32> {
     if spawned {
         queue::detach_self();
     }
@@ -438,7 +435,7 @@ pub fn run_pusher(config: &Config, env: Env) -> Result<i32> {
     let plog = PushLog::new(&config.state_dir);
     plog.write("pusher", &format!("{} started", std::process::id()));
     let reasons = Mutex::new(BTreeMap::new());
-    let (end, new) = drain(config, env, &list, guard, !spawned, None, &reasons)?;
+    let (end, new) = drain(config, &list, guard, !spawned, None, &reasons)?;
     match end {
         Drained::Empty => {
             plog.write(
@@ -461,7 +458,7 @@ pub fn run_pusher(config: &Config, env: Env) -> Result<i32> {
 /// any, lets go); exit 0 only with the queue empty. The timeout is hard: when it
 /// passes, what is left is listed and the process exits 1, even mid-upload (the
 /// entries stay queued, the upload journal lets the next run abort the upload).
-pub fn run_flush(config: &Config, env: Env, timeout: Option<Duration>) -> Result<i32> {
+pub fn run_flush(config: &Config, timeout: Option<Duration>) -> Result<i32> {
     let timeout = timeout.unwrap_or(config.give_up_after);
     let deadline = Instant::now() + timeout;
     let list = PendingList::open(&config.state_dir)?;
@@ -500,7 +497,7 @@ pub fn run_flush(config: &Config, env: Env, timeout: Option<Duration>) -> Result
                 return Ok(1);
             };
             queue::take_wake(&config.state_dir);
-            let (end, _) = drain(config, env, &list, guard, true, Some(deadline), &reasons)?;
+            let (end, _) = drain(config, &list, guard, true, Some(deadline), &reasons)?;
             let mut done = finished.lock().unwrap_or_else(|p| p.into_inner());
             *done = true;
             Ok(match end {
@@ -530,7 +527,7 @@ pub fn run_flush(config: &Config, env: Env, timeout: Option<Duration>) -> Result
 
 /// `narpush retry`: one pass over the queue in the foreground (nothing if a pusher
 /// runs). A path queued during the pass gets a pusher, per the protocol.
-pub fn run_retry(config: &Config, env: Env) -> Result<i32> {
+pub fn run_retry(config: &Config) -> Result<i32> {
     let list = PendingList::open(&config.state_dir)?;
     let Some(guard) = queue::try_lock_pusher(&config.state_dir)? else {
         eprintln!("narpush: another 'narpush retry' or pusher is running; nothing done");
@@ -551,7 +548,7 @@ pub fn run_retry(config: &Config, env: Env) -> Result<i32> {
         ..PusherState::default()
     });
     let log = event_log(config, &plog, &progress, true);
-    let result = pass(config, env, &list, &pending, &plog, &log, &progress);
+    let result = pass(config, &list, &pending, &plog, &log, &progress);
     let new = guard.release(&list, &pending)?;
     if !new.is_empty() && config.spawn_pusher {
         let _ = queue::spawn_pusher(&config.state_dir, config.config_file.as_deref());

@@ -103,8 +103,8 @@ fn keep_hashes(a: &GcArgs, store_dir: &str) -> Result<Vec<String>> {
     super::resolve_store_paths(&args, store_dir)
 }
 
-pub fn run(a: &GcArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
-    let (cache, _) = open_cache(config, env)?;
+pub fn run(a: &GcArgs, config: &Config) -> Result<i32> {
+    let (cache, _) = open_cache(config)?;
     let store_dir = super::store_dir();
     let keeps = keep_hashes(a, &store_dir)?;
     let now = now_secs();

@@ -89,15 +89,16 @@ fn substituter_url(url: &StoreUrl) -> String {
     }
 }
 
-pub fn run(a: &InitArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
+pub fn run(a: &InitArgs, config: &Config) -> Result<i32> {
     if a.print_policy {
         // Needs no credentials and asks the server nothing: it is run before the
         // user it is for exists.
-        let to = config.to.as_deref().ok_or_else(|| {
-            Error::Usage("--print-policy needs --to s3://BUCKET?… to name the bucket".into())
-        })?;
-        let region = env("AWS_REGION");
-        match &StoreUrl::parse(to, region.as_deref())? {
+        if config.to.is_none() {
+            return Err(Error::Usage(
+                "--print-policy needs --to s3://BUCKET?… to name the bucket".into(),
+            ));
+        }
+        match &config.target()?.url {
             StoreUrl::S3(s3) => {
                 print!("{}", user_policy(&s3.bucket));
                 return Ok(0);
@@ -110,7 +111,7 @@ pub fn run(a: &InitArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
             }
         }
     }
-    let (cache, url) = open_cache(config, env)?;
+    let (cache, url) = open_cache(config)?;
     let say = |m: String| {
         if !config.quiet {
             println!("{m}");

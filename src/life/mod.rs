@@ -254,19 +254,19 @@ pub fn parse_args(cmd: &str, args: Vec<OsString>) -> Result<Args> {
 }
 
 /// Run a resolved command; returns the exit code.
-pub fn run(cmd: &LifeCommand, config: &Config, env: crate::app::Env) -> Result<i32> {
+pub fn run(cmd: &LifeCommand, config: &Config) -> Result<i32> {
     match cmd {
-        LifeCommand::Init(a) => init::run(a, config, env),
-        LifeCommand::Verify(a) => verify::run(a, config, env),
-        LifeCommand::Gc(a) => gc::run(a, config, env),
+        LifeCommand::Init(a) => init::run(a, config),
+        LifeCommand::Verify(a) => verify::run(a, config),
+        LifeCommand::Gc(a) => gc::run(a, config),
     }
 }
 
 /// The cache named by `--to`, opened for reading, listing and deleting.
-pub fn open_cache(config: &Config, env: crate::app::Env) -> Result<(Cache, StoreUrl)> {
-    let url = crate::app::target_url(config, env)?;
-    let cache = crate::app::open_cache(&url, config, env, false)?;
-    Ok((cache, url))
+pub fn open_cache(config: &Config) -> Result<(Cache, StoreUrl)> {
+    let target = config.target()?;
+    let cache = crate::app::open_cache(target, None)?;
+    Ok((cache, target.url.clone()))
 }
 
 /// The hash part of a narinfo key (`<hash>.narinfo`), if it is one.

@@ -321,8 +321,8 @@ fn upstream_signed(refs: &[String], upstream: &[String]) -> HashSet<String> {
         .collect()
 }
 
-pub fn run(a: &VerifyArgs, config: &Config, env: crate::app::Env) -> Result<i32> {
-    let (cache, _) = open_cache(config, env)?;
+pub fn run(a: &VerifyArgs, config: &Config) -> Result<i32> {
+    let (cache, _) = open_cache(config)?;
     let keys = trusted_keys(&a.trusted_keys)?;
     let mut hashes: Vec<String> = Vec::new();
     let listed = if a.all {
