@@ -11,6 +11,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::settings::{self, Id, Setting};
 
 /// Which help text to show.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,38 +231,6 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
         match arg {
             Short('h') | Long("help") => return Ok(Args::new(RawCommand::Help(topic))),
             Short('V') | Long("version") => return Ok(Args::new(RawCommand::Version)),
-            Long("to") => a.to = Some(string_value(parser, topic, "--to")?),
-            Long("key-file") => a.key_files.push(path_value(parser, topic, "--key-file")?),
-            Long("credentials-file") => {
-                a.credentials_file = Some(path_value(parser, topic, "--credentials-file")?)
-            }
-            Long("compression") => {
-                a.compression = Some(string_value(parser, topic, "--compression")?)
-            }
-            Long("compression-level") => {
-                a.compression_level = Some(number_value(parser, topic, "--compression-level")?)
-            }
-            Long("jobs") => a.jobs = Some(number_value(parser, topic, "--jobs")?),
-            Long("compression-threads") => {
-                a.compression_threads = Some(number_value(parser, topic, "--compression-threads")?)
-            }
-            Long("upstream-key") => {
-                a.upstream_keys
-                    .push(string_value(parser, topic, "--upstream-key")?)
-            }
-            Long("no-deps") => a.no_deps = true,
-            Long("closure") => a.closure = true,
-            Long("upload-log") => a.upload_log = true,
-            Long("strict") => a.strict = true,
-            Short('q') | Long("quiet") => a.quiet = true,
-            Short('v') | Long("verbose") => a.verbose = true,
-            Long("config") => a.config = Some(path_value(parser, topic, "--config")?),
-            Long("state-dir") => a.state_dir = Some(path_value(parser, topic, "--state-dir")?),
-            Long("wait") => a.wait = true,
-            Long("exclude") => a.exclude.push(string_value(parser, topic, "--exclude")?),
-            Long("give-up-after") => {
-                a.give_up_after = Some(string_value(parser, topic, "--give-up-after")?)
-            }
             Long("timeout") if topic == Topic::Flush => {
                 a.timeout = Some(string_value(parser, topic, "--timeout")?)
             }
@@ -269,6 +238,19 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
                 a.max_age = Some(string_value(parser, topic, "--max-age")?)
             }
             Long("json") if topic == Topic::Status => a.json = true,
+            Long(name) => {
+                let name = name.to_string();
+                let Some(s) = settings::by_long(&name) else {
+                    return Err(usage(topic, Long(&name).unexpected()));
+                };
+                set(&mut a, s, parser, topic)?;
+            }
+            Short(c) => {
+                let Some(s) = settings::by_short(c) else {
+                    return Err(usage(topic, Short(c).unexpected()));
+                };
+                set(&mut a, s, parser, topic)?;
+            }
             Value(v) if topic == Topic::Push => {
                 if v.is_empty() {
                     return Err(usage(topic, "empty store path argument"));
@@ -285,7 +267,6 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
                     ),
                 ))
             }
-            _ => return Err(usage(topic, arg.unexpected())),
         }
     }
     if a.no_deps && a.closure {
@@ -302,6 +283,36 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
         _ => RawCommand::Retry,
     };
     Ok(a)
+}
+
+/// Set the setting `s` in `a` from the command line, taking its value from `parser`.
+fn set(a: &mut Args, s: &Setting, parser: &mut lexopt::Parser, topic: Topic) -> Result<()> {
+    let opt = s.option();
+    let opt = opt.as_str();
+    match s.id {
+        Id::To => a.to = Some(string_value(parser, topic, opt)?),
+        Id::KeyFile => a.key_files.push(path_value(parser, topic, opt)?),
+        Id::CredentialsFile => a.credentials_file = Some(path_value(parser, topic, opt)?),
+        Id::Compression => a.compression = Some(string_value(parser, topic, opt)?),
+        Id::CompressionLevel => a.compression_level = Some(number_value(parser, topic, opt)?),
+        Id::Jobs => a.jobs = Some(number_value(parser, topic, opt)?),
+        Id::CompressionThreads => a.compression_threads = Some(number_value(parser, topic, opt)?),
+        Id::UpstreamKey => a.upstream_keys.push(string_value(parser, topic, opt)?),
+        Id::NoDeps => a.no_deps = true,
+        Id::Closure => a.closure = true,
+        Id::UploadLog => a.upload_log = true,
+        Id::Strict => a.strict = true,
+        Id::Quiet => a.quiet = true,
+        Id::Verbose => a.verbose = true,
+        Id::Config => a.config = Some(path_value(parser, topic, opt)?),
+        Id::StateDir => a.state_dir = Some(path_value(parser, topic, opt)?),
+        Id::Wait => a.wait = true,
+        Id::Exclude => a.exclude.push(string_value(parser, topic, opt)?),
+        Id::GiveUpAfter => a.give_up_after = Some(string_value(parser, topic, opt)?),
+        // Config-file and environment only.
+        Id::Deps | Id::SpawnPusher => unreachable!("{} has no option", s.name),
+    }
+    Ok(())
 }
 
 fn parse_keygen(parser: &mut lexopt::Parser) -> Result<Args> {
@@ -824,6 +835,48 @@ mod tests {
         }
         assert!(push.contains("narpush push --to 's3://nix-cache?profile=nixbuilder&endpoint=s3.homelab.local' ./result"));
         assert!(push.contains("post-build-hook = /usr/local/bin/narpush"));
+    }
+
+    /// The help is written by hand; every setting in the table must be in it: its
+    /// option, its variable (but `NARPUSH_SPAWN_PUSHER`, which the NixOS module sets,
+    /// is only named as the key) and its config-file key.
+    #[test]
+    fn push_help_names_every_setting() {
+        let push = help_text(Topic::Push);
+        for s in settings::SETTINGS {
+            if s.long {
+                assert!(push.contains(&s.option()), "push help lacks {}", s.option());
+            }
+            if let Some(c) = s.short {
+                let both = format!("-{c}, {}", s.option());
+                assert!(push.contains(&both), "push help lacks {both}");
+            }
+            if let Some(e) = s.env.filter(|_| s.id != Id::SpawnPusher) {
+                assert!(push.contains(e), "push help lacks {e}");
+            }
+            if s.in_file {
+                assert!(push.contains(s.name), "push help lacks the key {}", s.name);
+            }
+        }
+    }
+
+    /// Every option of the table parses, by the name the table gives it.
+    #[test]
+    fn the_table_names_the_options() {
+        for s in settings::SETTINGS.iter().filter(|s| s.long) {
+            let opt = s.option();
+            let value = match s.kind {
+                settings::Kind::Switch => None,
+                settings::Kind::Number => Some("3"),
+                _ => Some("x"),
+            };
+            let mut args = vec![opt.as_str()];
+            args.extend(value);
+            let a = parse(&args).unwrap_or_else(|e| panic!("{opt}: {e}"));
+            assert_ne!(a, Args::new(RawCommand::Push { paths: vec![] }), "{opt}");
+        }
+        let a = parse(&["-q"]).unwrap();
+        assert!(a.quiet);
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use crate::cli::{self, Args, RawCommand};
 use crate::compress::Compression;
 use crate::error::{Error, Result};
+use crate::settings::{self, Id, Kind};
 use crate::store_url::StoreUrl;
 
 mod toml;
@@ -297,10 +298,6 @@ pub const DEFAULT_CONFIG_FILE: &str = "/etc/narpush.toml";
 /// The default upstream key: paths signed by it are not pushed.
 pub const DEFAULT_UPSTREAM_KEY: &str = "cache.nixos.org-1";
 
-const KNOWN_KEYS: &str = "to, key-file, credentials-file, compression, compression-level, jobs, \
-compression-threads, upstream-key (or upstream-keys), deps, no-deps, closure, strict, quiet, verbose, state-dir, \
-wait, exclude, give-up-after, spawn-pusher, upload-log";
-
 /// Resolve `args`, the environment (`env("NAME")`) and the config file into a
 /// [`Config`]. Reads the config file and `/proc/self` (for the effective uid);
 /// nothing else. `help`, `--version` and `keygen` read neither environment nor file.
@@ -332,7 +329,7 @@ pub fn hook_env(env: &dyn Fn(&str) -> Option<String>) -> Option<HookEnv> {
 /// The state directory used when the configuration names none (also when the
 /// configuration itself cannot be read, so a hook can still record what it missed).
 pub fn fallback_state_dir(env: &dyn Fn(&str) -> Option<String>) -> Result<PathBuf> {
-    match env("NARPUSH_STATE_DIR").filter(|d| !d.is_empty()) {
+    match env(settings::env_name(Id::StateDir)).filter(|d| !d.is_empty()) {
         Some(d) => Ok(PathBuf::from(d)),
         None => default_state_dir(env, effective_uid_is_root()),
     }
@@ -477,9 +474,10 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     };
 
     // The config file.
-    let file = match (&args.config, env("NARPUSH_CONFIG")) {
-        (Some(f), _) => Some(read_config(f, "--config")?),
-        (None, Some(f)) => Some(read_config(Path::new(&f), "NARPUSH_CONFIG")?),
+    let var = settings::env_name;
+    let file = match (&args.config, env(var(Id::Config))) {
+        (Some(f), _) => Some(read_config(f, &settings::get(Id::Config).option())?),
+        (None, Some(f)) => Some(read_config(Path::new(&f), var(Id::Config))?),
         (None, None) => match std::fs::read_to_string(DEFAULT_CONFIG_FILE) {
             Ok(text) => Some(parse_file(Path::new(DEFAULT_CONFIG_FILE), &text)?),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -499,34 +497,39 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         let path = file_path.as_deref().unwrap_or(Path::new("?"));
         format!("config file {} line {line}: {key}", path.display())
     };
+    let in_file = |id: Id| {
+        file.get(id)
+            .map(|(v, line)| (v.clone(), at(line, settings::get(id).name)))
+    };
+    let option = |id: Id| settings::get(id).option();
 
     // Command line > environment > file > default, one setting at a time.
-    config.to = args.to.or_else(|| env("NARPUSH_TO")).or(file.to);
+    config.to = args.to.or_else(|| env(var(Id::To))).or(file.text(Id::To));
 
     config.key_files = if !args.key_files.is_empty() {
         args.key_files
-    } else if let Some(k) = env("NARPUSH_KEY_FILE") {
+    } else if let Some(k) = env(var(Id::KeyFile)) {
         k.split(':')
             .filter(|s| !s.is_empty())
             .map(PathBuf::from)
             .collect()
     } else {
-        file.key_files
+        file.paths(Id::KeyFile).unwrap_or_default()
     };
 
     config.credentials_file = args
         .credentials_file
-        .or_else(|| env("NARPUSH_CREDENTIALS_FILE").map(PathBuf::from))
-        .or(file.credentials_file);
+        .or_else(|| env(var(Id::CredentialsFile)).map(PathBuf::from))
+        .or(file.path(Id::CredentialsFile));
 
     let compression = match (
         args.compression,
-        env("NARPUSH_COMPRESSION"),
-        file.compression,
+        env(var(Id::Compression)),
+        in_file(Id::Compression),
     ) {
-        (Some(c), _, _) => Some((c, "--compression".to_string())),
-        (None, Some(c), _) => Some((c, "NARPUSH_COMPRESSION".to_string())),
-        (None, None, Some((c, line))) => Some((c, at(line, "compression"))),
+        (Some(c), _, _) => Some((c, option(Id::Compression))),
+        (None, Some(c), _) => Some((c, var(Id::Compression).to_string())),
+        (None, None, Some((FileValue::Text(c), from))) => Some((c, from)),
         _ => None,
     };
     // A misspelt method is wrong whatever the URL says: report it now.
@@ -539,19 +542,20 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     };
     let level = match (
         args.compression_level,
-        env("NARPUSH_COMPRESSION_LEVEL"),
-        file.compression_level,
+        env(var(Id::CompressionLevel)),
+        in_file(Id::CompressionLevel),
     ) {
-        (Some(l), _, _) => Some((l, "--compression-level".to_string())),
+        (Some(l), _, _) => Some((l, option(Id::CompressionLevel))),
         (None, Some(l), _) => {
-            let n = l.trim().parse::<i32>().map_err(|_| {
-                Error::Usage(format!(
-                    "NARPUSH_COMPRESSION_LEVEL='{l}': not a whole number"
-                ))
-            })?;
-            Some((n, "NARPUSH_COMPRESSION_LEVEL".to_string()))
+            let name = var(Id::CompressionLevel);
+            let n = l
+                .trim()
+                .parse::<i32>()
+                .map_err(|_| Error::Usage(format!("{name}='{l}': not a whole number")))?;
+            Some((n, name.to_string()))
         }
-        (None, None, Some((l, line))) => Some((l, at(line, "compression-level"))),
+        // The file's parser made sure it fits.
+        (None, None, Some((FileValue::Number(l), from))) => Some((l as i32, from)),
         _ => None,
     };
 
@@ -596,9 +600,10 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         }
     });
 
-    let count = |flag: Option<usize>, var: &str, file: Option<(i64, usize)>, key: &str, max| {
-        let n = match (flag, env(var), file) {
-            (Some(n), _, _) => (n as i64, format!("--{key}")),
+    let count = |flag: Option<usize>, id: Id, max| {
+        let var = var(id);
+        let n = match (flag, env(var), in_file(id)) {
+            (Some(n), _, _) => (n as i64, option(id)),
             (None, Some(v), _) => {
                 let n = v
                     .trim()
@@ -606,19 +611,17 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
                     .map_err(|_| Error::Usage(format!("{var}='{v}': not a whole number")))?;
                 (n, var.to_string())
             }
-            (None, None, Some((n, line))) => (n, at(line, key)),
+            (None, None, Some((FileValue::Number(n), from))) => (n, from),
             _ => return Ok(None),
         };
-        check_count(n.0, &n.1, key, max).map(Some)
+        check_count(n.0, &n.1, settings::get(id).name, max).map(Some)
     };
-    if let Some(j) = count(args.jobs, "NARPUSH_JOBS", file.jobs, "jobs", 1024)? {
+    if let Some(j) = count(args.jobs, Id::Jobs, 1024)? {
         config.jobs = j;
     }
     if let Some(t) = count(
         args.compression_threads,
-        "NARPUSH_COMPRESSION_THREADS",
-        file.compression_threads,
-        "compression-threads",
+        Id::CompressionThreads,
         MAX_COMPRESSION_THREADS,
     )? {
         config.compression_threads = t;
@@ -626,7 +629,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
 
     if !args.upstream_keys.is_empty() {
         config.upstream_keys = args.upstream_keys;
-    } else if let Some(keys) = file.upstream_keys {
+    } else if let Some(keys) = file.texts(Id::UpstreamKey) {
         config.upstream_keys = keys;
     }
 
@@ -635,21 +638,24 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     } else if args.closure {
         Deps::Closure
     } else {
-        file.deps.unwrap_or(Deps::Missing)
+        file.deps().unwrap_or(Deps::Missing)
     };
 
     config.strict = if args.strict {
         true
-    } else if let Some(s) = env("NARPUSH_STRICT") {
-        parse_env_bool("NARPUSH_STRICT", &s)?
+    } else if let Some(s) = env(var(Id::Strict)) {
+        parse_env_bool(var(Id::Strict), &s)?
     } else {
-        file.strict.unwrap_or(false)
+        file.switch(Id::Strict).unwrap_or(false)
     };
 
     (config.quiet, config.verbose) = if args.quiet || args.verbose {
         (args.quiet, args.verbose)
     } else {
-        (file.quiet.unwrap_or(false), file.verbose.unwrap_or(false))
+        (
+            file.switch(Id::Quiet).unwrap_or(false),
+            file.switch(Id::Verbose).unwrap_or(false),
+        )
     };
     if config.quiet && config.verbose {
         return Err(Error::Usage(format!(
@@ -663,21 +669,21 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
 
     config.wait = if args.wait {
         true
-    } else if let Some(s) = env("NARPUSH_WAIT") {
-        parse_env_bool("NARPUSH_WAIT", &s)?
+    } else if let Some(s) = env(var(Id::Wait)) {
+        parse_env_bool(var(Id::Wait), &s)?
     } else {
-        file.wait.unwrap_or(false)
+        file.switch(Id::Wait).unwrap_or(false)
     } || config.strict;
 
-    config.spawn_pusher = match env("NARPUSH_SPAWN_PUSHER") {
-        Some(s) => parse_env_bool("NARPUSH_SPAWN_PUSHER", &s)?,
-        None => file.spawn_pusher.unwrap_or(true),
+    config.spawn_pusher = match env(var(Id::SpawnPusher)) {
+        Some(s) => parse_env_bool(var(Id::SpawnPusher), &s)?,
+        None => file.switch(Id::SpawnPusher).unwrap_or(true),
     };
 
     let (patterns, from) = if !args.exclude.is_empty() {
-        (args.exclude, "--exclude".to_string())
-    } else if let Some((p, line)) = file.exclude {
-        (p, at(line, "exclude"))
+        (args.exclude, option(Id::Exclude))
+    } else if let Some((FileValue::Texts(p), from)) = in_file(Id::Exclude) {
+        (p, from)
     } else {
         (Vec::new(), String::new())
     };
@@ -686,26 +692,26 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         .map(|p| crate::glob::Glob::new(p).map_err(|e| Error::Usage(format!("{from}: {e}"))))
         .collect::<Result<_>>()?;
 
+    let duration = |d: &str, from: &str, sep: &str| {
+        crate::queue::parse_duration(d).map_err(|e| Error::Usage(format!("{from}{sep}{e}")))
+    };
     config.give_up_after = match (
         args.give_up_after,
-        env("NARPUSH_GIVE_UP_AFTER"),
-        file.give_up_after,
+        env(var(Id::GiveUpAfter)),
+        in_file(Id::GiveUpAfter),
     ) {
-        (Some(d), _, _) => crate::queue::parse_duration(&d)
-            .map_err(|e| Error::Usage(format!("--give-up-after {e}")))?,
-        (None, Some(d), _) => crate::queue::parse_duration(&d)
-            .map_err(|e| Error::Usage(format!("NARPUSH_GIVE_UP_AFTER: {e}")))?,
-        (None, None, Some((d, line))) => crate::queue::parse_duration(&d)
-            .map_err(|e| Error::Usage(format!("{}: {e}", at(line, "give-up-after"))))?,
+        (Some(d), _, _) => duration(&d, &option(Id::GiveUpAfter), " ")?,
+        (None, Some(d), _) => duration(&d, var(Id::GiveUpAfter), ": ")?,
+        (None, None, Some((FileValue::Text(d), from))) => duration(&d, &from, ": ")?,
         _ => DEFAULT_GIVE_UP_AFTER,
     };
-    config.upload_log = args.upload_log || file.upload_log.unwrap_or(false);
+    config.upload_log = args.upload_log || file.switch(Id::UploadLog).unwrap_or(false);
 
     config.state_dir = match args.state_dir {
         Some(d) => d,
-        None => match env("NARPUSH_STATE_DIR") {
+        None => match env(var(Id::StateDir)) {
             Some(d) => PathBuf::from(d),
-            None => match file.state_dir {
+            None => match file.path(Id::StateDir) {
                 Some(d) => d,
                 None => default_state_dir(&env, root)?,
             },
@@ -747,29 +753,71 @@ fn read_config(path: &Path, named_by: &str) -> Result<FileValues> {
     }
 }
 
-/// The settings found in a config file, each with its line number where an error
-/// about its value could still arise after parsing.
+/// A config-file value, read as its setting's [`Kind`] says.
+#[derive(Debug, Clone)]
+enum FileValue {
+    /// Text, and durations (whole seconds as digits).
+    Text(String),
+    Path(PathBuf),
+    Texts(Vec<String>),
+    Paths(Vec<PathBuf>),
+    Number(i64),
+    Switch(bool),
+    /// `deps`, `no-deps` and `closure` (`None`: `no-deps = false`, `closure = false`).
+    Deps(Option<Deps>),
+}
+
+/// The settings a config file sets, each with its value and line (an error about a
+/// value found later can still name the line).
 #[derive(Debug, Default)]
 struct FileValues {
     path: Option<PathBuf>,
-    to: Option<String>,
-    key_files: Vec<PathBuf>,
-    credentials_file: Option<PathBuf>,
-    compression: Option<(String, usize)>,
-    compression_level: Option<(i32, usize)>,
-    jobs: Option<(i64, usize)>,
-    compression_threads: Option<(i64, usize)>,
-    upstream_keys: Option<Vec<String>>,
-    deps: Option<Deps>,
-    strict: Option<bool>,
-    quiet: Option<bool>,
-    verbose: Option<bool>,
-    state_dir: Option<PathBuf>,
-    wait: Option<bool>,
-    spawn_pusher: Option<bool>,
-    exclude: Option<(Vec<String>, usize)>,
-    give_up_after: Option<(String, usize)>,
-    upload_log: Option<bool>,
+    values: Vec<(Id, FileValue, usize)>,
+}
+
+impl FileValues {
+    fn get(&self, id: Id) -> Option<(&FileValue, usize)> {
+        self.values
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, v, line)| (v, *line))
+    }
+    fn text(&self, id: Id) -> Option<String> {
+        match self.get(id)? {
+            (FileValue::Text(t), _) => Some(t.clone()),
+            _ => None,
+        }
+    }
+    fn path(&self, id: Id) -> Option<PathBuf> {
+        match self.get(id)? {
+            (FileValue::Path(p), _) => Some(p.clone()),
+            _ => None,
+        }
+    }
+    fn texts(&self, id: Id) -> Option<Vec<String>> {
+        match self.get(id)? {
+            (FileValue::Texts(t), _) => Some(t.clone()),
+            _ => None,
+        }
+    }
+    fn paths(&self, id: Id) -> Option<Vec<PathBuf>> {
+        match self.get(id)? {
+            (FileValue::Paths(p), _) => Some(p.clone()),
+            _ => None,
+        }
+    }
+    fn switch(&self, id: Id) -> Option<bool> {
+        match self.get(id)? {
+            (FileValue::Switch(b), _) => Some(*b),
+            _ => None,
+        }
+    }
+    fn deps(&self) -> Option<Deps> {
+        match self.get(Id::Deps)? {
+            (FileValue::Deps(d), _) => *d,
+            _ => None,
+        }
+    }
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
@@ -793,21 +841,25 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
         path: Some(path.to_path_buf()),
         ..FileValues::default()
     };
-    let mut seen: Vec<(String, usize)> = Vec::new();
+    let mut seen: Vec<(Id, usize)> = Vec::new();
     let mut deps_line: Option<(&str, usize)> = None;
     for (key, value, line) in entries {
-        let canon = if key == "upstream-keys" {
-            "upstream-key"
-        } else {
-            key.as_str()
+        let Some(setting) = settings::by_key(&key) else {
+            return Err(err(
+                line,
+                format!(
+                    "unknown key '{key}'; known keys: {}",
+                    settings::known_keys()
+                ),
+            ));
         };
-        if let Some((_, first)) = seen.iter().find(|(k, _)| k == canon) {
+        if let Some((_, first)) = seen.iter().find(|(id, _)| *id == setting.id) {
             return Err(err(
                 line,
                 format!("'{key}' is set twice (first on line {first})"),
             ));
         }
-        seen.push((canon.to_string(), line));
+        seen.push((setting.id, line));
         let kind = value.kind();
         let want = |what: &str| err(line, format!("{key} must be {what}, not {kind}"));
         let string = |value: Value| match value {
@@ -832,47 +884,17 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
             Value::Bool(b) => Ok(*b),
             _ => Err(want("true or false")),
         };
-        match key.as_str() {
-            "to" => v.to = Some(string(value)?),
-            "key-file" => v.key_files = strings(value)?.into_iter().map(rel).collect(),
-            "credentials-file" => v.credentials_file = Some(rel(string(value)?)),
-            "compression" => v.compression = Some((string(value)?, line)),
-            "compression-level" => match value {
-                Value::Int(n) => {
-                    let n = i32::try_from(n)
-                        .map_err(|_| err(line, format!("compression-level {n} is out of range")))?;
-                    v.compression_level = Some((n, line))
-                }
-                _ => return Err(want("an integer")),
-            },
-            "jobs" => match value {
-                Value::Int(n) => v.jobs = Some((n, line)),
-                _ => return Err(want("an integer")),
-            },
-            "compression-threads" => match value {
-                Value::Int(n) => v.compression_threads = Some((n, line)),
-                _ => return Err(want("an integer")),
-            },
-            "upstream-key" | "upstream-keys" => v.upstream_keys = Some(strings(value)?),
-            "deps" | "no-deps" | "closure" => {
+        let (id, value) = match (setting.id, setting.kind) {
+            (Id::Deps | Id::NoDeps | Id::Closure, kind) => {
                 if let Some((other, first)) = deps_line {
                     return Err(err(
                         line,
                         format!("'{key}' conflicts with '{other}' on line {first}; set only deps = \"missing\"|\"none\"|\"closure\""),
                     ));
                 }
-                deps_line = Some((
-                    if key == "deps" {
-                        "deps"
-                    } else if key == "no-deps" {
-                        "no-deps"
-                    } else {
-                        "closure"
-                    },
-                    line,
-                ));
-                v.deps = match key.as_str() {
-                    "deps" => Some(match string(value)?.as_str() {
+                deps_line = Some((setting.name, line));
+                let deps = match (kind, setting.id) {
+                    (Kind::Deps, _) => Some(match string(value)?.as_str() {
                         "missing" => Deps::Missing,
                         "none" => Deps::None,
                         "closure" => Deps::Closure,
@@ -885,34 +907,38 @@ fn parse_file(path: &Path, text: &str) -> Result<FileValues> {
                             ))
                         }
                     }),
-                    "no-deps" => boolean(&value)?.then_some(Deps::None),
+                    (_, Id::NoDeps) => boolean(&value)?.then_some(Deps::None),
                     _ => boolean(&value)?.then_some(Deps::Closure),
                 };
+                (Id::Deps, FileValue::Deps(deps))
             }
-            "strict" => v.strict = Some(boolean(&value)?),
-            "quiet" => v.quiet = Some(boolean(&value)?),
-            "verbose" => v.verbose = Some(boolean(&value)?),
-            "state-dir" => v.state_dir = Some(rel(string(value)?)),
-            "wait" => v.wait = Some(boolean(&value)?),
-            "spawn-pusher" => v.spawn_pusher = Some(boolean(&value)?),
-            "exclude" => v.exclude = Some((strings(value)?, line)),
-            "give-up-after" => {
-                v.give_up_after = Some((
-                    match value {
-                        Value::Int(n) if n >= 0 => n.to_string(),
-                        other => string(other)?,
-                    },
-                    line,
-                ))
-            }
-            "upload-log" => v.upload_log = Some(boolean(&value)?),
-            _ => {
-                return Err(err(
-                    line,
-                    format!("unknown key '{key}'; known keys: {KNOWN_KEYS}"),
-                ))
-            }
-        }
+            (id, Kind::Text) => (id, FileValue::Text(string(value)?)),
+            (id, Kind::Path) => (id, FileValue::Path(rel(string(value)?))),
+            (id, Kind::Texts) => (id, FileValue::Texts(strings(value)?)),
+            (id, Kind::Paths) => (
+                id,
+                FileValue::Paths(strings(value)?.into_iter().map(rel).collect()),
+            ),
+            (id, Kind::Number) => match value {
+                Value::Int(n) => {
+                    if id == Id::CompressionLevel && i32::try_from(n).is_err() {
+                        return Err(err(line, format!("{key} {n} is out of range")));
+                    }
+                    (id, FileValue::Number(n))
+                }
+                _ => return Err(want("an integer")),
+            },
+            (id, Kind::Switch) => (id, FileValue::Switch(boolean(&value)?)),
+            (id, Kind::Duration) => (
+                id,
+                FileValue::Text(match value {
+                    Value::Int(n) if n >= 0 => n.to_string(),
+                    other => string(other)?,
+                }),
+            ),
+            (_, Kind::Deps) => unreachable!("only deps is of kind Deps"),
+        };
+        v.values.push((id, value, line));
     }
     Ok(v)
 }

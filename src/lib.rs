@@ -25,6 +25,7 @@ pub(crate) mod pusher;
 pub(crate) mod pushlog;
 pub(crate) mod queue;
 pub mod s3;
+pub(crate) mod settings;
 pub mod signing;
 pub(crate) mod sigv4;
 pub mod store_path;

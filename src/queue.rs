@@ -26,6 +26,7 @@
 
 use crate::error::{Error, Result};
 use crate::pending::PendingList;
+use crate::settings::{env_name, Id};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -214,12 +215,12 @@ pub fn spawn_pusher(state_dir: &Path, config_file: Option<&Path>) -> Result<u32>
         .env_remove("OUT_PATHS")
         .env_remove("DRV_PATH")
         .env(SPAWNED_ENV, "1")
-        .env("NARPUSH_STATE_DIR", state_dir)
+        .env(env_name(Id::StateDir), state_dir)
         .stdin(std::process::Stdio::null())
         .stdout(log)
         .stderr(log2);
     if let Some(c) = config_file {
-        cmd.env("NARPUSH_CONFIG", c);
+        cmd.env(env_name(Id::Config), c);
     }
     let child = cmd
         .spawn()
