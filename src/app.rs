@@ -27,14 +27,11 @@ pub fn run(config: Config) -> Result<i32> {
             Ok(0)
         }
         Command::Keygen { name, out } => keygen(name, out),
-        Command::Push { paths, hook } => {
-            let (paths, hook) = (paths.clone(), hook.clone());
-            match hook {
-                Some(h) if !config.wait => crate::pusher::run_queue_hook(&config, &h),
-                Some(h) => run_hook(&config, &h),
-                None => run_push(&config, &paths),
-            }
-        }
+        Command::Push { paths, hook } => match (push_mode(hook.as_ref(), config.wait), hook) {
+            (PushMode::Queue, Some(h)) => crate::pusher::run_queue_hook(&config, h),
+            (PushMode::HookWait, Some(h)) => run_hook(&config, h),
+            _ => run_push(&config, paths),
+        },
         Command::Retry => crate::pusher::run_retry(&config),
         Command::Flush { timeout } => crate::pusher::run_flush(&config, *timeout),
         Command::Status { json, max_age } => crate::pusher::run_status(&config, *json, *max_age),
@@ -244,40 +241,121 @@ fn run_push(config: &Config, paths: &[PathBuf]) -> Result<i32> {
 
 /// Leave out (and report) the given paths that `--exclude` names.
 fn without_excluded(config: &Config, roots: Vec<StorePath>, store_dir: &str) -> Vec<StorePath> {
-    roots
-        .into_iter()
-        .filter(
-            |r| match crate::glob::first_match(&config.exclude, r.name()) {
-                Some(g) => {
-                    eprintln!(
-                        "narpush: skipped {}: excluded by '{}'",
-                        r.to_full(store_dir),
-                        g.as_str()
-                    );
-                    false
-                }
-                None => true,
-            },
-        )
-        .collect()
+    let (kept, skipped) = split_excluded(&config.exclude, roots, store_dir);
+    for line in skipped {
+        eprintln!("narpush: {line}");
+    }
+    kept
 }
 
-/// What Nix says was built; `OUT_PATHS` may be empty (Nix 2.8.0), then the
-/// derivation's valid outputs. Entries that are not valid store paths are returned
-/// as lines to report.
-fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<String>)> {
+/// How `push` runs: by hand (paths given), or as Nix's post-build hook, which queues
+/// the outputs for the background pusher unless told to wait (`--wait`, or
+/// `--strict`, which implies it) and push them before it exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PushMode {
+    ByHand,
+    Queue,
+    HookWait,
+}
+
+pub(crate) fn push_mode(hook: Option<&HookEnv>, wait: bool) -> PushMode {
+    match (hook, wait) {
+        (None, _) => PushMode::ByHand,
+        (Some(_), false) => PushMode::Queue,
+        (Some(_), true) => PushMode::HookWait,
+    }
+}
+
+/// The paths `exclude` leaves in, and a `skipped …` line for each it takes out.
+pub(crate) fn split_excluded(
+    exclude: &[crate::glob::Glob],
+    roots: Vec<StorePath>,
+    store_dir: &str,
+) -> (Vec<StorePath>, Vec<String>) {
+    let mut skipped = Vec::new();
+    let kept = roots
+        .into_iter()
+        .filter(|r| match crate::glob::first_match(exclude, r.name()) {
+            Some(g) => {
+                skipped.push(format!(
+                    "skipped {}: excluded by '{}'",
+                    r.to_full(store_dir),
+                    g.as_str()
+                ));
+                false
+            }
+            None => true,
+        })
+        .collect();
+    (kept, skipped)
+}
+
+/// What a hook that waits pushes, from what Nix said alone: the store paths
+/// `OUT_PATHS` names, and an `OUT_PATHS entry …` line for each entry that is not one;
+/// when `OUT_PATHS` is empty (Nix 2.8.0), the derivation whose valid outputs stand
+/// for them instead.
+pub(crate) fn hook_request<'a>(
+    hook: &'a HookEnv,
+    store_dir: &str,
+) -> (Vec<StorePath>, Option<&'a str>, Vec<String>) {
     let mut roots = Vec::new();
     let mut junk = Vec::new();
     for tok in &hook.out_paths {
-        match StorePath::from_full_path(&nix.store_dir, tok) {
+        match StorePath::from_full_path(store_dir, tok) {
             Ok(p) => roots.push(p),
             Err(e) => junk.push(format!("OUT_PATHS entry {e}")),
         }
     }
-    if hook.out_paths.is_empty() {
-        if let Some(drv) = &hook.drv_path {
-            roots = nix.valid_outputs_of(Path::new(drv))?;
+    let drv = if hook.out_paths.is_empty() {
+        hook.drv_path.as_deref()
+    } else {
+        None
+    };
+    (roots, drv, junk)
+}
+
+/// What a hook that queues queues, decided without the store or a `nix` process:
+/// the absolute store paths `OUT_PATHS` names that `exclude` leaves in; when
+/// `OUT_PATHS` is empty (Nix 2.8.0), the derivation (`DRV_PATH`), if it exists, whose
+/// outputs the pusher resolves. Returns the entries, the `skipped …` lines (printed
+/// unless quiet) and the `ignored …` lines (always printed, to stderr).
+pub(crate) fn queue_request(
+    hook: &HookEnv,
+    exclude: &[crate::glob::Glob],
+    exists: &dyn Fn(&Path) -> bool,
+) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let (mut entries, mut skipped, mut ignored) = (Vec::new(), Vec::new(), Vec::new());
+    for tok in &hook.out_paths {
+        let base = tok.rsplit('/').next().unwrap_or("");
+        match StorePath::from_base_name(base) {
+            Ok(sp) if tok.starts_with('/') => match crate::glob::first_match(exclude, sp.name()) {
+                Some(g) => skipped.push(format!("skipped {tok}: excluded by '{}'", g.as_str())),
+                None => entries.push(tok.clone()),
+            },
+            Ok(_) => ignored.push(format!(
+                "ignored OUT_PATHS entry {tok}: not an absolute store path"
+            )),
+            Err(e) => ignored.push(format!("ignored OUT_PATHS entry {tok}: {e}")),
         }
+    }
+    if hook.out_paths.is_empty() {
+        if let Some(drv) = hook.drv_path.as_deref().filter(|d| !d.is_empty()) {
+            if exists(Path::new(drv)) {
+                entries.push(drv.to_string());
+            } else {
+                ignored.push(format!("ignored DRV_PATH {drv}: it does not exist"));
+            }
+        }
+    }
+    (entries, skipped, ignored)
+}
+
+/// What Nix says was built ([`hook_request`]), with the derivation's valid outputs
+/// looked up. Entries that are not valid store paths are returned as lines to report.
+fn hook_roots(nix: &LocalNix, hook: &HookEnv) -> Result<(Vec<StorePath>, Vec<String>)> {
+    let (mut roots, drv, mut junk) = hook_request(hook, &nix.store_dir);
+    if let Some(drv) = drv {
+        roots = nix.valid_outputs_of(Path::new(drv))?;
     }
     // A well-formed entry that is not in the store must not keep the others from
     // being pushed (one query for all would fail as a whole).
@@ -369,4 +447,127 @@ pub fn record_pending(state_dir: &Path, paths: &[String]) -> Result<()> {
         list.path().display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::glob::Glob;
+
+    const A: &str = "/nix/store/sx5jrkbw8bglvjnhj2g2ylwj9zljcsfd-hello-2.12";
+    const B: &str = "/nix/store/0c4v3ma0wfh8vdvwq2n4sm1ww7vrjj2i-nixpkgs-source";
+    const DRV: &str = "/nix/store/1z3kfmdp1jba3m8pwd6zd2cb6bhy9vn4-hello-2.12.drv";
+
+    fn hook(out: &[&str], drv: Option<&str>) -> HookEnv {
+        HookEnv {
+            out_paths: out.iter().map(|s| s.to_string()).collect(),
+            drv_path: drv.map(str::to_string),
+        }
+    }
+
+    fn globs(patterns: &[&str]) -> Vec<Glob> {
+        patterns.iter().map(|p| Glob::new(p).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_hook_queues_unless_told_to_wait() {
+        let h = hook(&[A], None);
+        assert_eq!(push_mode(None, false), PushMode::ByHand);
+        assert_eq!(push_mode(None, true), PushMode::ByHand);
+        assert_eq!(push_mode(Some(&h), false), PushMode::Queue);
+        // --wait, or --strict (config makes it imply wait).
+        assert_eq!(push_mode(Some(&h), true), PushMode::HookWait);
+    }
+
+    #[test]
+    fn queueing_takes_out_paths_and_leaves_the_derivation() {
+        let exists = |_: &Path| panic!("DRV_PATH is not looked at when OUT_PATHS names paths");
+        let (entries, skipped, ignored) = queue_request(&hook(&[A, B], Some(DRV)), &[], &exists);
+        assert_eq!(entries, vec![A.to_string(), B.to_string()]);
+        assert!(skipped.is_empty() && ignored.is_empty());
+    }
+
+    #[test]
+    fn queueing_with_nix_2_8s_empty_out_paths_queues_the_derivation() {
+        let (entries, _, ignored) = queue_request(&hook(&[], Some(DRV)), &[], &|p| {
+            assert_eq!(p, Path::new(DRV));
+            true
+        });
+        assert_eq!(entries, vec![DRV.to_string()]);
+        assert!(ignored.is_empty());
+        // A derivation that is gone has nothing to push later.
+        let (entries, _, ignored) = queue_request(&hook(&[], Some(DRV)), &[], &|_| false);
+        assert!(entries.is_empty());
+        assert_eq!(
+            ignored,
+            vec![format!("ignored DRV_PATH {DRV}: it does not exist")]
+        );
+        // Neither: nothing.
+        let (entries, skipped, ignored) = queue_request(&hook(&[], None), &[], &|_| true);
+        assert!(entries.is_empty() && skipped.is_empty() && ignored.is_empty());
+    }
+
+    #[test]
+    fn queueing_excludes_and_ignores_what_is_not_a_store_path() {
+        let relative = "nix/store/sx5jrkbw8bglvjnhj2g2ylwj9zljcsfd-hello-2.12";
+        let (entries, skipped, ignored) = queue_request(
+            &hook(&[A, B, relative, "/tmp/junk"], None),
+            &globs(&["*-source"]),
+            &|_| true,
+        );
+        assert_eq!(entries, vec![A.to_string()]);
+        assert_eq!(
+            skipped,
+            vec![format!("skipped {B}: excluded by '*-source'")]
+        );
+        assert_eq!(ignored.len(), 2, "{ignored:?}");
+        assert_eq!(
+            ignored[0],
+            format!("ignored OUT_PATHS entry {relative}: not an absolute store path")
+        );
+        assert!(
+            ignored[1].starts_with("ignored OUT_PATHS entry /tmp/junk: "),
+            "{}",
+            ignored[1]
+        );
+    }
+
+    #[test]
+    fn waiting_pushes_out_paths_or_the_derivations_outputs() {
+        let h = hook(&[A, "/elsewhere/x"], Some(DRV));
+        let (roots, drv, junk) = hook_request(&h, "/nix/store");
+        assert_eq!(roots.len(), 1);
+        assert_eq!(roots[0].to_full("/nix/store"), A);
+        assert_eq!(drv, None, "OUT_PATHS named paths: DRV_PATH is not used");
+        assert_eq!(junk.len(), 1);
+        assert!(junk[0].starts_with("OUT_PATHS entry "), "{}", junk[0]);
+        // Nix 2.8.0: OUT_PATHS empty, the derivation's outputs stand for them.
+        let h = hook(&[], Some(DRV));
+        let (roots, drv, junk) = hook_request(&h, "/nix/store");
+        assert!(roots.is_empty() && junk.is_empty());
+        assert_eq!(drv, Some(DRV));
+        // Another store directory.
+        let (roots, _, junk) = hook_request(&hook(&[A], None), "/gnu/store");
+        assert!(roots.is_empty());
+        assert_eq!(junk.len(), 1);
+    }
+
+    #[test]
+    fn waiting_excludes_by_name_after_the_hash() {
+        let roots = [A, B]
+            .iter()
+            .map(|p| StorePath::from_full_path("/nix/store", p).unwrap())
+            .collect();
+        let (kept, skipped) = split_excluded(&globs(&["*-source", "linux-*"]), roots, "/nix/store");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].to_full("/nix/store"), A);
+        assert_eq!(
+            skipped,
+            vec![format!("skipped {B}: excluded by '*-source'")]
+        );
+        let roots = vec![StorePath::from_full_path("/nix/store", A).unwrap()];
+        let (kept, skipped) = split_excluded(&globs(&["hello-*"]), roots, "/nix/store");
+        assert!(kept.is_empty());
+        assert_eq!(skipped.len(), 1);
+    }
 }

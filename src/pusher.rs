@@ -31,34 +31,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// none) to the queue, make sure a pusher runs, print one line, exit 0. No `nix`
 /// process, no network, no NAR read.
 pub fn run_queue_hook(config: &Config, hook: &HookEnv) -> Result<i32> {
-    let mut entries = Vec::new();
-    for tok in &hook.out_paths {
-        let base = tok.rsplit('/').next().unwrap_or("");
-        match StorePath::from_base_name(base) {
-            Ok(sp) if tok.starts_with('/') => {
-                if let Some(g) = first_match(&config.exclude, sp.name()) {
-                    if !config.quiet {
-                        println!("narpush: skipped {tok}: excluded by '{}'", g.as_str());
-                    }
-                    continue;
-                }
-                entries.push(tok.clone());
-            }
-            Ok(_) => {
-                eprintln!("narpush: ignored OUT_PATHS entry {tok}: not an absolute store path")
-            }
-            Err(e) => eprintln!("narpush: ignored OUT_PATHS entry {tok}: {e}"),
+    let (entries, skipped, ignored) =
+        crate::app::queue_request(hook, &config.exclude, &|p| p.exists());
+    if !config.quiet {
+        for line in skipped {
+            println!("narpush: {line}");
         }
     }
-    if hook.out_paths.is_empty() {
-        // Nix 2.8.0: the pusher resolves the derivation's outputs.
-        if let Some(drv) = hook.drv_path.as_deref().filter(|d| !d.is_empty()) {
-            if Path::new(drv).exists() {
-                entries.push(drv.to_string());
-            } else {
-                eprintln!("narpush: ignored DRV_PATH {drv}: it does not exist");
-            }
-        }
+    for line in ignored {
+        eprintln!("narpush: {line}");
     }
     if entries.is_empty() {
         return Ok(0);
