@@ -3,6 +3,8 @@
 //! no files, no defaults beyond "not given": `config::resolve` turns these raw
 //! values, the environment and the config file into a validated `Config`.
 //!
+//! The options that are settings (also in the environment or the config file) are
+//! found by the names `settings::SETTINGS` gives them, here and in `life`'s commands.
 //! Numbers are parsed here (so the error can name the option); everything that can
 //! also come from the environment or the config file (compression names, ranges,
 //! conflicts with file values) is validated once, in `config`.
@@ -180,9 +182,14 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
 }
 
 fn usage(topic: Topic, msg: impl std::fmt::Display) -> Error {
-    match topic {
-        Topic::General => Error::Usage(format!("{msg}; see 'narpush --help'")),
-        t => Error::Usage(format!("{msg}; see 'narpush {} --help'", t.name())),
+    usage_in(topic.name(), msg)
+}
+
+/// A usage error that points to the help of `cmd` (`""`: the general help).
+pub(crate) fn usage_in(cmd: &str, msg: impl std::fmt::Display) -> Error {
+    match cmd {
+        "" => Error::Usage(format!("{msg}; see 'narpush --help'")),
+        cmd => Error::Usage(format!("{msg}; see 'narpush {cmd} --help'")),
     }
 }
 
@@ -190,37 +197,37 @@ fn lexopt_err(topic: Topic) -> impl Fn(lexopt::Error) -> Error {
     move |e| usage(topic, e)
 }
 
-fn string_value(parser: &mut lexopt::Parser, topic: Topic, option: &str) -> Result<String> {
-    let v = parser.value().map_err(lexopt_err(topic))?;
+fn string_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<String> {
+    let v = parser.value().map_err(|e| usage_in(cmd, e))?;
     let s = v.into_string().map_err(|v| {
-        usage(
-            topic,
+        usage_in(
+            cmd,
             format!("{option} {}: not valid UTF-8", v.to_string_lossy()),
         )
     })?;
     if s.is_empty() {
-        return Err(usage(topic, format!("{option} needs a non-empty value")));
+        return Err(usage_in(cmd, format!("{option} needs a non-empty value")));
     }
     Ok(s)
 }
 
-fn path_value(parser: &mut lexopt::Parser, topic: Topic, option: &str) -> Result<PathBuf> {
-    let v = parser.value().map_err(lexopt_err(topic))?;
+fn path_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<PathBuf> {
+    let v = parser.value().map_err(|e| usage_in(cmd, e))?;
     if v.is_empty() {
-        return Err(usage(topic, format!("{option} needs a non-empty path")));
+        return Err(usage_in(cmd, format!("{option} needs a non-empty path")));
     }
     Ok(PathBuf::from(v))
 }
 
 fn number_value<T: std::str::FromStr>(
     parser: &mut lexopt::Parser,
-    topic: Topic,
+    cmd: &str,
     option: &str,
 ) -> Result<T> {
-    let s = string_value(parser, topic, option)?;
+    let s = string_value(parser, cmd, option)?;
     s.trim()
         .parse()
-        .map_err(|_| usage(topic, format!("{option} {s}: not a whole number")))
+        .map_err(|_| usage_in(cmd, format!("{option} {s}: not a whole number")))
 }
 
 fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
@@ -232,10 +239,10 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
             Short('h') | Long("help") => return Ok(Args::new(RawCommand::Help(topic))),
             Short('V') | Long("version") => return Ok(Args::new(RawCommand::Version)),
             Long("timeout") if topic == Topic::Flush => {
-                a.timeout = Some(string_value(parser, topic, "--timeout")?)
+                a.timeout = Some(string_value(parser, topic.name(), "--timeout")?)
             }
             Long("max-age") if topic == Topic::Status => {
-                a.max_age = Some(string_value(parser, topic, "--max-age")?)
+                a.max_age = Some(string_value(parser, topic.name(), "--max-age")?)
             }
             Long("json") if topic == Topic::Status => a.json = true,
             Long(name) => {
@@ -243,13 +250,13 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
                 let Some(s) = settings::by_long(&name) else {
                     return Err(usage(topic, Long(&name).unexpected()));
                 };
-                set(&mut a, s, parser, topic)?;
+                set(&mut a, s, parser, topic.name())?;
             }
             Short(c) => {
                 let Some(s) = settings::by_short(c) else {
                     return Err(usage(topic, Short(c).unexpected()));
                 };
-                set(&mut a, s, parser, topic)?;
+                set(&mut a, s, parser, topic.name())?;
             }
             Value(v) if topic == Topic::Push => {
                 if v.is_empty() {
@@ -285,30 +292,31 @@ fn parse_push(parser: &mut lexopt::Parser, topic: Topic) -> Result<Args> {
     Ok(a)
 }
 
-/// Set the setting `s` in `a` from the command line, taking its value from `parser`.
-fn set(a: &mut Args, s: &Setting, parser: &mut lexopt::Parser, topic: Topic) -> Result<()> {
+/// Set the setting `s` in `a` from the command line of `cmd`, taking its value from
+/// `parser`.
+pub(crate) fn set(a: &mut Args, s: &Setting, parser: &mut lexopt::Parser, cmd: &str) -> Result<()> {
     let opt = s.option();
     let opt = opt.as_str();
     match s.id {
-        Id::To => a.to = Some(string_value(parser, topic, opt)?),
-        Id::KeyFile => a.key_files.push(path_value(parser, topic, opt)?),
-        Id::CredentialsFile => a.credentials_file = Some(path_value(parser, topic, opt)?),
-        Id::Compression => a.compression = Some(string_value(parser, topic, opt)?),
-        Id::CompressionLevel => a.compression_level = Some(number_value(parser, topic, opt)?),
-        Id::Jobs => a.jobs = Some(number_value(parser, topic, opt)?),
-        Id::CompressionThreads => a.compression_threads = Some(number_value(parser, topic, opt)?),
-        Id::UpstreamKey => a.upstream_keys.push(string_value(parser, topic, opt)?),
+        Id::To => a.to = Some(string_value(parser, cmd, opt)?),
+        Id::KeyFile => a.key_files.push(path_value(parser, cmd, opt)?),
+        Id::CredentialsFile => a.credentials_file = Some(path_value(parser, cmd, opt)?),
+        Id::Compression => a.compression = Some(string_value(parser, cmd, opt)?),
+        Id::CompressionLevel => a.compression_level = Some(number_value(parser, cmd, opt)?),
+        Id::Jobs => a.jobs = Some(number_value(parser, cmd, opt)?),
+        Id::CompressionThreads => a.compression_threads = Some(number_value(parser, cmd, opt)?),
+        Id::UpstreamKey => a.upstream_keys.push(string_value(parser, cmd, opt)?),
         Id::NoDeps => a.no_deps = true,
         Id::Closure => a.closure = true,
         Id::UploadLog => a.upload_log = true,
         Id::Strict => a.strict = true,
         Id::Quiet => a.quiet = true,
         Id::Verbose => a.verbose = true,
-        Id::Config => a.config = Some(path_value(parser, topic, opt)?),
-        Id::StateDir => a.state_dir = Some(path_value(parser, topic, opt)?),
+        Id::Config => a.config = Some(path_value(parser, cmd, opt)?),
+        Id::StateDir => a.state_dir = Some(path_value(parser, cmd, opt)?),
         Id::Wait => a.wait = true,
-        Id::Exclude => a.exclude.push(string_value(parser, topic, opt)?),
-        Id::GiveUpAfter => a.give_up_after = Some(string_value(parser, topic, opt)?),
+        Id::Exclude => a.exclude.push(string_value(parser, cmd, opt)?),
+        Id::GiveUpAfter => a.give_up_after = Some(string_value(parser, cmd, opt)?),
         // Config-file and environment only.
         Id::Deps | Id::SpawnPusher => unreachable!("{} has no option", s.name),
     }
@@ -323,7 +331,7 @@ fn parse_keygen(parser: &mut lexopt::Parser) -> Result<Args> {
     while let Some(arg) = parser.next().map_err(lexopt_err(topic))? {
         match arg {
             Short('h') | Long("help") => return Ok(Args::new(RawCommand::Help(topic))),
-            Long("out") => out = Some(path_value(parser, topic, "--out")?),
+            Long("out") => out = Some(path_value(parser, topic.name(), "--out")?),
             Value(v) if name.is_none() => {
                 let v = v.into_string().map_err(|v| {
                     usage(

@@ -13,6 +13,7 @@ use crate::cache::Cache;
 use crate::cli::{Args, RawCommand};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::settings::{self, Id};
 use crate::store_url::StoreUrl;
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -104,6 +105,17 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
+/// Whether `cmd` takes the setting `id` on its command line.
+fn takes(cmd: &str, id: Id) -> bool {
+    match id {
+        Id::To | Id::CredentialsFile | Id::Config | Id::Quiet | Id::Verbose => true,
+        Id::KeyFile => cmd == "init",
+        Id::UpstreamKey => cmd == "verify",
+        Id::Jobs => cmd != "init",
+        _ => false,
+    }
+}
+
 /// Parse the arguments after `init`, `verify` or `gc` into raw [`Args`].
 pub fn parse_args(cmd: &str, args: Vec<OsString>) -> Result<Args> {
     use lexopt::prelude::*;
@@ -149,14 +161,6 @@ pub fn parse_args(cmd: &str, args: Vec<OsString>) -> Result<Args> {
             Short('h') | Long("help") => {
                 return Ok(Args::new(RawCommand::LifeHelp(help_text(cmd))));
             }
-            Long("to") => a.to = Some(string(&mut parser, "--to")?),
-            Long("credentials-file") => {
-                a.credentials_file = Some(path(&mut parser, "--credentials-file")?)
-            }
-            Long("config") => a.config = Some(path(&mut parser, "--config")?),
-            Short('q') | Long("quiet") => a.quiet = true,
-            Short('v') | Long("verbose") => a.verbose = true,
-            Long("key-file") if cmd == "init" => a.key_files.push(path(&mut parser, "--key-file")?),
             Long("priority") if cmd == "init" => {
                 let s = string(&mut parser, "--priority")?;
                 init.priority = s
@@ -178,16 +182,6 @@ pub fn parse_args(cmd: &str, args: Vec<OsString>) -> Result<Args> {
                 .trusted_keys
                 .push(string(&mut parser, "--trusted-key")?),
             Long("all") if cmd == "verify" => verify.all = true,
-            Long("upstream-key") if cmd == "verify" => {
-                a.upstream_keys.push(string(&mut parser, "--upstream-key")?)
-            }
-            Long("jobs") if cmd != "init" => {
-                let s = string(&mut parser, "--jobs")?;
-                a.jobs = Some(
-                    s.parse()
-                        .map_err(|_| usage(cmd, format!("--jobs {s}: not a whole number")))?,
-                );
-            }
             Value(v) if cmd == "verify" => verify.paths.push(PathBuf::from(v)),
             Long("older-than") if cmd == "gc" => {
                 older_than = Some(duration(&mut parser, "--older-than")?)
@@ -204,7 +198,20 @@ pub fn parse_args(cmd: &str, args: Vec<OsString>) -> Result<Args> {
                     format!("unexpected argument '{}'", v.to_string_lossy()),
                 ))
             }
-            _ => return Err(usage(cmd, arg.unexpected())),
+            // The settings shared with push, by the names the table gives them.
+            Long(name) => {
+                let name = name.to_string();
+                let Some(s) = settings::by_long(&name).filter(|s| takes(cmd, s.id)) else {
+                    return Err(usage(cmd, Long(&name).unexpected()));
+                };
+                crate::cli::set(&mut a, s, &mut parser, cmd)?;
+            }
+            Short(c) => {
+                let Some(s) = settings::by_short(c).filter(|s| takes(cmd, s.id)) else {
+                    return Err(usage(cmd, Short(c).unexpected()));
+                };
+                crate::cli::set(&mut a, s, &mut parser, cmd)?;
+            }
         }
     }
     if a.quiet && a.verbose {
