@@ -1,7 +1,10 @@
 //! The commands, from a resolved [`Config`] to an exit code: `push` (by hand or as
-//! Nix's post-build hook), `retry` and `keygen`. This is where the never-wedge-a-build
-//! policy lives: in hook mode a failure is reported in one line per path, the paths
-//! are recorded in the pending list, and the exit code is 0 unless `--strict`.
+//! Nix's post-build hook), `retry` and `keygen`, and opening the cache a [`Target`]
+//! names for them; everything they need was resolved by `config`. This is where the
+//! never-wedge-a-build policy lives: which paths a hook queues or pushes (pure
+//! functions, tested below), and in hook mode a failure is reported in one line per
+//! path, the paths are recorded in the pending list, and the exit code is 0 unless
+//! `--strict`.
 
 use crate::cache::Cache;
 use crate::config::{Command, Config, HookEnv, Target};
