@@ -242,12 +242,13 @@ const NO_CACHE: &str =
 /// jobs`), for messages.
 type Sourced<T> = (T, String);
 
-/// The compression from the settings (`own`) and the store URL's parameters, merged
-/// (the settings win, one value at a time) and checked by the one rule. `own`'s
-/// method name was checked when it was read. The flag says whether the store URL
-/// supplied the method or the level used, so the caller knows whose error it is.
+/// The compression from the settings (`own_…`) and the store URL's parameters
+/// (`url`: them and the URL as given), merged (the settings win, one value at a time)
+/// and checked by the one rule, [`Compression::check_level`]. The flag says whether
+/// the store URL supplied the method or the level used, so the caller knows whose
+/// error it is.
 fn merge_compression(
-    own_method: Option<Sourced<Compression>>,
+    own_method: Option<Compression>,
     own_level: Option<Sourced<i32>>,
     url: Option<(&crate::store_url::CacheParams, &str)>,
 ) -> (std::result::Result<CompressionSettings, String>, bool) {
@@ -256,16 +257,12 @@ fn merge_compression(
         own_method,
         url.and_then(|(p, to)| Some((p.compression.as_deref()?, to))),
     ) {
-        (Some((m, from)), _) => Ok((m, from)),
+        (Some(m), _) => Ok(m),
         (None, Some((name, to))) => {
             from_url = true;
-            let from = format!("store URL '{to}': compression");
-            match Compression::parse(name) {
-                Ok(m) => Ok((m, from)),
-                Err(e) => Err(format!("{from}: {e}")),
-            }
+            Compression::parse(name).map_err(|e| format!("store URL '{to}': compression: {e}"))
         }
-        (None, None) => Ok((Compression::Zstd, "the default".to_string())),
+        (None, None) => Ok(Compression::Zstd),
     };
     let level = match (
         own_level,
@@ -278,7 +275,7 @@ fn merge_compression(
         }
         (None, None) => None,
     };
-    let settings = method.and_then(|(method, _)| {
+    let settings = method.and_then(|method| {
         let level = match level {
             Some((l, from)) => method
                 .check_level(Some(l))
@@ -534,10 +531,9 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
     };
     // A misspelt method is wrong whatever the URL says: report it now.
     let compression = match compression {
-        Some((c, from)) => Some((
-            Compression::parse(&c).map_err(|e| Error::Usage(format!("{from}: {e}")))?,
-            from,
-        )),
+        Some((c, from)) => {
+            Some(Compression::parse(&c).map_err(|e| Error::Usage(format!("{from}: {e}")))?)
+        }
         None => None,
     };
     let level = match (
