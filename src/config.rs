@@ -1372,6 +1372,39 @@ mod tests {
         assert!(e.contains("/nonexistent/creds"), "{e}");
     }
 
+    /// A hook that queues opens no cache: a missing or broken store URL, or credentials
+    /// that cannot be read, must not stop it from resolving its configuration.
+    #[test]
+    fn a_queueing_hook_needs_no_cache() {
+        let cf = no_file("hook-no-cache");
+        for to in [
+            None,
+            Some("s3://bkt?nonsense=1"),
+            Some("s3://bkt?compression-level=99"),
+        ] {
+            let mut vars = vec![
+                ("NARPUSH_CONFIG", cf.as_str()),
+                ("HOME", "/h"),
+                (
+                    "OUT_PATHS",
+                    "/nix/store/sx5jrkbw8bglvjnhj2g2ylwj9zljcsfd-hello",
+                ),
+                ("NARPUSH_CREDENTIALS_FILE", "/nonexistent/creds"),
+            ];
+            if let Some(to) = to {
+                vars.push(("NARPUSH_TO", to));
+            }
+            let c = resolve_as(args(&[]), &Env::new(&vars).get(), false)
+                .unwrap_or_else(|e| panic!("{to:?}: {e}"));
+            assert!(matches!(c.command, Command::Push { hook: Some(_), .. }));
+            assert!(!c.wait);
+            assert!(
+                c.target().is_err() || c.compression().is_err(),
+                "{to:?}: the error waits for a push"
+            );
+        }
+    }
+
     #[test]
     fn precedence_cli_env_file() {
         let f = write_config(
