@@ -118,7 +118,7 @@ pub(crate) fn open_cache(
                 profile: s3.profile.as_deref(),
             };
             let creds = crate::creds::resolve(&req, env, home.as_deref())?;
-            let client = crate::s3::Client::new(crate::s3::S3Config::from_url(s3, creds))?;
+            let client = crate::s3::Client::new(s3.client_config(creds))?;
             client.fail_fast_after_outage();
             let journal =
                 journal.then(|| crate::uploads::Journal::new(&config.state_dir, client.describe()));

@@ -26,8 +26,6 @@ pub(crate) mod pushlog;
 pub(crate) mod queue;
 pub mod s3;
 pub mod signing;
-pub(crate) mod sigv4;
 pub mod store_path;
 pub mod store_url;
-pub(crate) mod tls;
 pub(crate) mod uploads;

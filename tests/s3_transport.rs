@@ -25,7 +25,7 @@ fn config(url: &str, access: &str, secret: &str) -> S3Config {
         secret_access_key: secret.to_string(),
         session_token: None,
     };
-    S3Config::from_url(&u, creds)
+    u.client_config(creds)
 }
 
 fn client(server: &S3Server, bucket: &str) -> Client {
