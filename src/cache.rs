@@ -12,7 +12,7 @@
 //! path can never leave a narinfo whose FileHash/FileSize disagree with its object.
 
 use crate::error::{Error, Result};
-use crate::nixbase32;
+use crate::nix::nixbase32;
 use crate::s3::{Client, StreamingUpload};
 use crate::uploads::{self, Journal};
 use std::fs::{self, File};

@@ -16,10 +16,11 @@ use crate::compress::{Compression, Encoder};
 use crate::config::Deps;
 use crate::error::{Error, Result};
 use crate::hashing::HashingWriter;
-use crate::narinfo::{sha256_nix32, NarInfo};
-use crate::pathinfo::{LocalNix, PathInfo};
-use crate::signing::{sig_key_name, SecretKey};
-use crate::store_path::StorePath;
+use crate::nix::local::LocalNix;
+use crate::nix::narinfo::{sha256_nix32, NarInfo};
+use crate::nix::pathinfo::PathInfo;
+use crate::nix::signing::{sig_key_name, SecretKey};
+use crate::nix::store_path::StorePath;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
@@ -418,9 +419,9 @@ fn push_one(
             done: 0,
             last: Instant::now(),
         };
-        crate::dump::dump_path(Path::new(&full), &mut shown).map(|_| ())
+        crate::nix::dump::dump_path(Path::new(&full), &mut shown).map(|_| ())
     } else {
-        crate::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ())
+        crate::nix::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ())
     };
     let (encoder, nar_hash, nar_size) = pipeline.finish();
     let finished = encoder.finish();

@@ -289,7 +289,7 @@ fn bad_key_files() {
     let good = small_paths("bad-keys", 1).remove(0);
     let secret = std::fs::read_to_string(&c.key).unwrap();
     let (name, b64) = secret.split_once(':').unwrap();
-    let sk = narpush::signing::SecretKey::parse(&secret, "test").unwrap();
+    let sk = narpush::nix::signing::SecretKey::parse(&secret, "test").unwrap();
     let public = sk.public().to_file_string();
     for (file, text, needle) in [
         ("empty.sec", String::new(), "empty"),

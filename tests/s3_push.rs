@@ -178,7 +178,7 @@ fn multipart_nar_round_trips_and_second_push_uploads_nothing() {
     assert!(info.nar_size > 12 << 20, "NarSize {}", info.nar_size);
     assert_eq!(info.file_size, Some(info.nar_size), "none: file is the NAR");
     // Larger than one part: streamed as a multipart upload under a per-upload name.
-    let nar_hash = narpush::nixbase32::encode(&info.nar_hash);
+    let nar_hash = narpush::nix::nixbase32::encode(&info.nar_hash);
     assert!(
         info.url.starts_with(&format!("nar/{nar_hash}-")) && info.url.ends_with(".nar"),
         "{}",

@@ -3,8 +3,8 @@
 //! references and NAR objects, and closures as the local Nix reports them.
 #![allow(dead_code)]
 
-use narpush::narinfo::NarInfo;
-use narpush::nixbase32;
+use narpush::nix::narinfo::NarInfo;
+use narpush::nix::nixbase32;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
