@@ -72,7 +72,7 @@ fn keygen(name: &str, out: &Path) -> Result<i32> {
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("write secret key file", &sec, e))?;
     let pk = key.public().to_file_string();
-    crate::cache::write_atomic(&public, pk.as_bytes())?;
+    crate::sys::write_atomic(&public, pk.as_bytes())?;
     eprintln!(
         "wrote secret key {} (mode 600) and public key {}",
         sec.display(),

@@ -22,4 +22,5 @@ pub(crate) mod pushlog;
 pub(crate) mod queue;
 pub mod s3;
 pub mod store_url;
+pub(crate) mod sys;
 pub(crate) mod uploads;

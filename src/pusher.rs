@@ -568,7 +568,7 @@ pub fn run_status(config: &Config, json: bool, max_age: Option<Duration>) -> Res
     let since = list.queued_since(&entries);
     let now = crate::cache::now_secs();
     let oldest = since.iter().min().map(|t| (now - t).max(0) as u64);
-    let pusher = PusherState::load(dir).filter(|s| queue::process_alive(s.pid));
+    let pusher = PusherState::load(dir).filter(|s| crate::sys::process_alive(s.pid));
     let last = PushLog::new(dir).tail(10);
     let too_old = match (oldest, max_age) {
         (Some(o), Some(m)) => o > m.as_secs(),
