@@ -1043,3 +1043,34 @@ fn an_answer_trickled_a_byte_at_a_time_times_out() {
     // A bound, not a measurement: the whole trickle would take about 25 s.
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
+
+#[test]
+fn a_body_trickled_a_byte_at_a_time_times_out() {
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    // The head at once, then 200 bytes of body at one byte per 300 ms: ~60 s, never
+    // 2 s without a byte, so only a deadline for the whole body ends it.
+    let body = "x".repeat(200);
+    let answer = common::proxy::http_response(200, "OK", &[("Content-Type", "text/plain")], &body);
+    let head = answer.len() - body.len();
+    let proxy = Proxy::start(s.port, move |_: &Req| {
+        Action::TrickleFrom(answer.clone(), head, Duration::from_millis(300))
+    });
+    let c = proxied(&s, &proxy, "&io-timeout=2&retry-attempts=1");
+    let t = Instant::now();
+    let e = c.get_object("x.narinfo").unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(
+            &e.kind,
+            S3ErrorKind::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("slower than"), "{e}");
+    // A bound, not a measurement: the whole trickle would take about 60 s.
+    assert!(took < Duration::from_secs(40), "{took:?}");
+}

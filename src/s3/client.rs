@@ -901,8 +901,14 @@ impl Client {
         let limit = if ok { u64::MAX } else { MAX_ERROR_BODY };
         let mut body = Vec::new();
         if call.method != "HEAD" {
+            let length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+            let wait = call.patience.unwrap_or(cfg.io_timeout);
+            let deadline = Instant::now() + body_deadline(wait, length.unwrap_or(limit));
             let reader = resp.into_body().into_reader();
-            if let Err(e) = reader.take(limit).read_to_end(&mut body) {
+            if let Err(e) = read_until(reader.take(limit), &mut body, deadline) {
                 let kind = if e.kind() == std::io::ErrorKind::TimedOut
                     || e.kind() == std::io::ErrorKind::WouldBlock
                 {
@@ -955,6 +961,41 @@ impl Client {
             }),
             retry_after,
         )
+    }
+}
+
+/// The slowest average rate an answer's body may arrive at, after the first
+/// `io-timeout`: a server that trickles a byte now and then never trips a per-read
+/// timeout, so the whole body gets a deadline too.
+const MIN_BODY_RATE: u64 = 32 * 1024;
+
+/// How long a body of `len` bytes (or at most `len`, when the server did not say)
+/// may take to arrive: `wait` plus `len` at [`MIN_BODY_RATE`].
+fn body_deadline(wait: Duration, len: u64) -> Duration {
+    let len = len.min(1 << 40);
+    wait + Duration::from_millis(len.saturating_mul(1000) / MIN_BODY_RATE)
+}
+
+/// `read_to_end` that fails with `TimedOut` once `deadline` has passed (checked
+/// after every read, so it is late by at most one per-read timeout).
+fn read_until(mut r: impl Read, out: &mut Vec<u8>, deadline: Instant) -> std::io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the body arrived slower than {} KiB/s",
+                    MIN_BODY_RATE / 1024
+                ),
+            ));
+        }
     }
 }
 
@@ -1130,6 +1171,35 @@ mod tests {
         );
         let words = IoError::other("resolve dns name 'certificate.example.com:443'");
         assert_eq!(kind(words), TransportKind::Io);
+    }
+
+    #[test]
+    fn a_body_gets_the_io_timeout_plus_its_length_at_the_slowest_rate() {
+        let wait = Duration::from_secs(30);
+        assert_eq!(body_deadline(wait, 0), wait);
+        assert_eq!(
+            body_deadline(wait, 32 * 1024),
+            wait + Duration::from_secs(1)
+        );
+        // An 8 MiB range (verify) may take 256 s more; no length overflows.
+        assert_eq!(
+            body_deadline(wait, 8 << 20),
+            wait + Duration::from_secs(256)
+        );
+        assert!(body_deadline(wait, u64::MAX) > Duration::from_secs(1 << 20));
+    }
+
+    #[test]
+    fn reading_past_the_deadline_times_out_but_a_finished_body_does_not() {
+        let mut out = Vec::new();
+        let past = Instant::now() - Duration::from_secs(1);
+        let e = read_until(&b"abc"[..], &mut out, past).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        let mut out = Vec::new();
+        read_until(&b""[..], &mut out, past).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        read_until(&b"abc"[..], &mut out, later).unwrap();
+        assert_eq!(out, b"abc");
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub enum Action {
     /// that never stalls long enough for a read timeout, yet never finishes), then
     /// close; stops early when the client goes away.
     Trickle(String, Duration),
+    /// As `Trickle`, but the first `usize` bytes (the head, say) go at once.
+    TrickleFrom(String, usize, Duration),
 }
 
 pub type Rule = dyn Fn(&Req) -> Action + Send + Sync;
@@ -255,6 +257,17 @@ fn read_head(sh: &Shared, s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Op
     }
 }
 
+/// Write `bytes` one at a time, `pause` apart, until done, stopped, or the client goes.
+fn trickle(sh: &Shared, client: &mut TcpStream, bytes: &[u8], pause: Duration) {
+    for b in bytes {
+        if sh.stop.load(Ordering::SeqCst) || client.write_all(&[*b]).is_err() {
+            return;
+        }
+        // The one sleep in the proxy: trickling is a matter of time.
+        std::thread::sleep(pause);
+    }
+}
+
 /// Read and discard until the client closes (or fails), the proxy stops or `limit`
 /// passes.
 fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) {
@@ -351,12 +364,13 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
         let action = (sh.rule)(&req);
         match action {
             Action::Trickle(raw, pause) => {
-                for b in raw.as_bytes() {
-                    if sh.stop.load(Ordering::SeqCst) || client.write_all(&[*b]).is_err() {
-                        break;
-                    }
-                    // The one sleep in the proxy: trickling is a matter of time.
-                    std::thread::sleep(pause);
+                trickle(sh, &mut client, raw.as_bytes(), pause);
+                return Ok(());
+            }
+            Action::TrickleFrom(raw, at_once, pause) => {
+                let (head, rest) = raw.as_bytes().split_at(at_once.min(raw.len()));
+                if client.write_all(head).is_ok() {
+                    trickle(sh, &mut client, rest, pause);
                 }
                 return Ok(());
             }
