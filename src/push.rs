@@ -208,9 +208,30 @@ pub fn push(
     log: &(dyn Fn(&Event) + Sync),
 ) -> Result<Report> {
     let start = Instant::now();
+    let sd = nix.store_dir.as_str();
+    let head_jobs = opts.jobs.clamp(8, 32);
+    // With `--no-deps` only the given paths matter, so the cache is asked before Nix:
+    // a path already there costs one HEAD, and when all are there Nix never starts.
+    let mut asked: HashMap<&StorePath, Result<bool>> = HashMap::new();
+    if opts.deps == Deps::None {
+        let present = parallel_map(roots, head_jobs, |p| narinfo_present(cache, p));
+        if present.iter().all(|r| matches!(r, Ok(true))) {
+            let mut outcomes = Vec::new();
+            for p in roots {
+                let full = p.to_full(sd);
+                log(&Event::Present { path: &full });
+                outcomes.push((full, Outcome::Present));
+            }
+            return Ok(Report {
+                outcomes,
+                upstream: Vec::new(),
+                elapsed: start.elapsed(),
+            });
+        }
+        asked = roots.iter().zip(present).collect();
+    }
     let infos = nix.query(roots, opts.deps != Deps::None)?;
     let root_set: BTreeSet<&StorePath> = roots.iter().collect();
-    let sd = nix.store_dir.as_str();
 
     // 2. Choose.
     let mut candidates: Vec<&PathInfo> = Vec::new();
@@ -241,11 +262,23 @@ pub fn push(
     }
 
     // 3. Which are in the cache already.
-    let present = parallel_map(&candidates, opts.jobs.clamp(8, 32), |info| {
-        // A narinfo older than a day is written again: gc keeps what is pushed.
-        let key = format!("{}.narinfo", info.path.hash_part());
-        cache.exists_renewing(&key, RENEW_AFTER_SECS, crate::cache::now_secs())
-    });
+    let to_ask: Vec<&PathInfo> = candidates
+        .iter()
+        .filter(|i| !asked.contains_key(&i.path))
+        .copied()
+        .collect();
+    let mut answers = parallel_map(&to_ask, head_jobs, |info| {
+        narinfo_present(cache, &info.path)
+    })
+    .into_iter();
+    let present: Vec<Result<bool>> = candidates
+        .iter()
+        .map(|i| {
+            asked
+                .remove(&i.path)
+                .unwrap_or_else(|| answers.next().expect("one answer per path not asked yet"))
+        })
+        .collect();
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     let mut todo: Vec<&PathInfo> = Vec::new();
     // Paths whose presence could not be checked: nothing referring to them may go up.
@@ -352,6 +385,13 @@ pub fn push(
         upstream,
         elapsed: start.elapsed(),
     })
+}
+
+/// Whether the cache has `path`'s narinfo: one HEAD. One older than a day is written
+/// again, so that gc keeps what is pushed.
+fn narinfo_present(cache: &Cache, path: &StorePath) -> Result<bool> {
+    let key = format!("{}.narinfo", path.hash_part());
+    cache.exists_renewing(&key, RENEW_AFTER_SECS, crate::cache::now_secs())
 }
 
 /// Write `nix-cache-info` when the cache has none; refuse a cache for another store.

@@ -223,6 +223,80 @@ fn no_deps_pushes_exactly_the_given_path() {
 }
 
 #[test]
+fn no_deps_asks_the_cache_first_and_starts_no_nix_when_it_has_every_path() {
+    let dir = temp_dir("push-nodeps-cached");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let (top, out, _, _) = fresh_graph(&dir);
+    // `nix` on PATH is a wrapper that notes each run, then runs the real one.
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v nix"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(!real.is_empty(), "nix is not on PATH");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let runs = dir.join("nix-runs");
+    let wrapper = bin.join("nix");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\nexec '{real}' \"$@\"\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let o = narpush()
+            .args(["push", "--to", &s3.url("cache"), "--key-file"])
+            .arg(&sec)
+            .args(args)
+            .env("PATH", &path)
+            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+            .output()
+            .expect("run narpush");
+        assert!(o.status.success(), "narpush {args:?}: {}", stderr(&o));
+        let n = std::fs::read_to_string(&runs)
+            .map(|t| t.lines().count())
+            .unwrap_or(0);
+        let _ = std::fs::remove_file(&runs);
+        (stdout(&o), n)
+    };
+    // New: one `nix` run for the whole push.
+    let (_, n) = run(&["--no-deps", &top]);
+    assert_eq!(n, 1, "a push runs one nix child process");
+    // Cached: the HEAD answers it, no nix at all.
+    let (log, n) = run(&["--no-deps", &top]);
+    assert_eq!(n, 0, "a --no-deps push of a cached path ran nix: {log}");
+    assert!(log.contains("0 pushed") && log.contains("1 already cached"), "{log}");
+    // One cached, one new: nix runs once, and only the new path goes up.
+    let (_, n) = run(&["--no-deps", &top, &out]);
+    assert_eq!(n, 1);
+    assert_eq!(cached_paths(&s3.bucket_dir("cache")), set(&[&top, &out]));
+    // Without --no-deps the closure must be checked: nix runs.
+    let (_, n) = run(&[&top]);
+    assert_eq!(n, 1);
+}
+
+#[test]
 fn upstream_signed_dependency_is_skipped_unless_closure() {
     let dir = temp_dir("push-upstream");
     let s3 = S3Server::start();
