@@ -79,6 +79,9 @@ const TRANSIENT_CODES: &[&str] = &[
     "InternalError",
     "ServiceUnavailable",
     "OperationAborted",
+    // As Nix retries it: each attempt is signed anew, and a clock being stepped by NTP
+    // is right again a moment later.
+    "RequestTimeTooSkewed",
 ];
 
 impl S3Error {
@@ -140,6 +143,11 @@ impl S3Error {
                 // s3s answers NotSignedUp for an access key it does not know.
                 Some("InvalidAccessKeyId") | Some("NotSignedUp") => Some("check the access key id"),
                 Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
+                // S3 answers a HEAD of a missing key 403, not 404, to a user who may
+                // not list the bucket.
+                Some("AccessDenied") if self.operation == "HeadObject" => Some(
+                    "check the access key and its permissions; without s3:ListBucket a missing key also reads as 403 (narpush init --print-policy prints what it needs)",
+                ),
                 Some("AccessDenied") => {
                     Some("check the access key and the bucket policy or permissions it has")
                 }
@@ -264,6 +272,9 @@ mod tests {
         assert!(err(status(403, "AccessDenied"))
             .to_string()
             .contains("policy"));
+        let mut head = err(status(403, "AccessDenied"));
+        head.0.operation = "HeadObject";
+        assert!(head.to_string().contains("without s3:ListBucket"), "{head}");
     }
 
     #[test]
@@ -273,6 +284,7 @@ mod tests {
             status(503, "SlowDown"),
             status(429, "TooMany"),
             status(400, "RequestTimeout"),
+            status(403, "RequestTimeTooSkewed"),
         ] {
             assert!(err(k).is_transient());
         }
