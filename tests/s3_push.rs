@@ -286,7 +286,10 @@ fn no_deps_asks_the_cache_first_and_starts_no_nix_when_it_has_every_path() {
     // Cached: the HEAD answers it, no nix at all.
     let (log, n) = run(&["--no-deps", &top]);
     assert_eq!(n, 0, "a --no-deps push of a cached path ran nix: {log}");
-    assert!(log.contains("0 pushed") && log.contains("1 already cached"), "{log}");
+    assert!(
+        log.contains("0 pushed") && log.contains("1 already cached"),
+        "{log}"
+    );
     // One cached, one new: nix runs once, and only the new path goes up.
     let (_, n) = run(&["--no-deps", &top, &out]);
     assert_eq!(n, 1);
