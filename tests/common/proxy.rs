@@ -111,6 +111,14 @@ pub struct Seen {
     pub requests: Vec<Req>,
     /// Requests stalled so far.
     pub stalled: usize,
+    /// Stalled requests the client gave up on (closed its connection), rather than
+    /// being released when the proxy stopped or after `MAX_STALL`: a count that
+    /// says the client's own timeout fired, however loaded the machine.
+    pub stalls_closed_by_client: usize,
+    /// Trickled answers that have ended, and how many of their bytes were sent:
+    /// fewer than the whole answer says the client gave up first.
+    pub trickles_ended: usize,
+    pub trickled_bytes: usize,
 }
 
 struct Shared {
@@ -166,6 +174,11 @@ impl Proxy {
     /// Every request seen so far.
     pub fn requests(&self) -> Vec<Req> {
         self.shared.seen.lock().unwrap().requests.clone()
+    }
+
+    /// Read what the proxy has seen.
+    pub fn with_seen<R>(&self, f: impl FnOnce(&Seen) -> R) -> R {
+        f(&self.shared.seen.lock().unwrap())
     }
 
     /// How many requests are being stalled right now (or were).
@@ -256,18 +269,19 @@ fn read_head(sh: &Shared, s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Op
 }
 
 /// Read and discard until the client closes (or fails), the proxy stops or `limit`
-/// passes.
-fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) {
+/// passes; true when the client closed (or failed).
+fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) -> bool {
     let start = Instant::now();
     let mut chunk = [0u8; 64 * 1024];
     while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < limit {
         match client.read(&mut chunk) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(_) => {}
             Err(e) if is_timeout(&e) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
+    false
 }
 
 /// Wait until the client has bytes waiting to be read (or has closed, or failed),
@@ -351,13 +365,19 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
         let action = (sh.rule)(&req);
         match action {
             Action::Trickle(raw, pause) => {
+                let mut sent = 0;
                 for b in raw.as_bytes() {
                     if sh.stop.load(Ordering::SeqCst) || client.write_all(&[*b]).is_err() {
                         break;
                     }
+                    sent += 1;
                     // The one sleep in the proxy: trickling is a matter of time.
                     std::thread::sleep(pause);
                 }
+                let mut seen = sh.seen.lock().unwrap();
+                seen.trickles_ended += 1;
+                seen.trickled_bytes += sent;
+                sh.changed.notify_all();
                 return Ok(());
             }
             Action::Respond(raw) => {
@@ -384,7 +404,10 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
             Action::Stall => {
                 sh.seen.lock().unwrap().stalled += 1;
                 sh.changed.notify_all();
-                until_closed(sh, &mut client, MAX_STALL);
+                if until_closed(sh, &mut client, MAX_STALL) {
+                    sh.seen.lock().unwrap().stalls_closed_by_client += 1;
+                    sh.changed.notify_all();
+                }
                 return Ok(());
             }
             Action::Forward | Action::ResetAfter(_) => {}
