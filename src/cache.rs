@@ -476,6 +476,27 @@ mod tests {
     }
 
     #[test]
+    fn a_rename_into_a_missing_directory_leaves_no_temporary_file() {
+        let dir = temp_dir("persist-missing");
+        let path = dir.join("upload-tmp");
+        let mut tmp = TempFile::new(path.clone(), File::create(&path).unwrap());
+        tmp.write_all(b"half a NAR").unwrap();
+        let e = tmp
+            .persist(&dir.join("no-such-dir").join("x.nar"))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        drop(tmp);
+        assert_eq!(names(&dir), Vec::<String>::new());
+        // Persisted: the file is at its destination, and Drop leaves it there.
+        let mut tmp = TempFile::new(path.clone(), File::create(&path).unwrap());
+        tmp.write_all(b"a NAR").unwrap();
+        tmp.persist(&dir.join("x.nar")).unwrap();
+        drop(tmp);
+        assert_eq!(names(&dir), ["x.nar"]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn a_persisted_file_is_kept_and_an_aborted_one_removed() {
         let dir = temp_dir("persist-ok");
         let cache = Cache::File { dir: dir.clone() };

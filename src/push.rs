@@ -870,6 +870,117 @@ mod scheduler_tests {
     }
 
     #[test]
+    fn a_slow_path_does_not_hold_back_independent_ones() {
+        use std::sync::Condvar;
+        // 1 is slow and the largest, so it starts first; 2, 3 and 4 (which needs
+        // 2) do not depend on it. With two jobs they all finish while 1 is still
+        // running: 1 waits for them (up to a deadline a loaded machine never
+        // needs), so a scheduler that waited for the slow path fails here instead
+        // of hanging.
+        let saw = within_deadline(|| {
+            let infos = [info(1, &[]), info(2, &[]), info(3, &[]), info(4, &[2])];
+            let items: Vec<&PathInfo> = infos.iter().collect();
+            let others_done = (Mutex::new(0usize), Condvar::new());
+            let saw = Mutex::new(None);
+            let outcomes = run_ordered(
+                &items,
+                2,
+                |p| {
+                    if index(p) == 1 {
+                        let g = others_done.0.lock().unwrap();
+                        let (g, _) = others_done
+                            .1
+                            .wait_timeout_while(g, Duration::from_secs(60), |n| *n < 3)
+                            .unwrap();
+                        *saw.lock().unwrap() = Some(*g);
+                    } else {
+                        *others_done.0.lock().unwrap() += 1;
+                        others_done.1.notify_all();
+                    }
+                    Outcome::Present
+                },
+                |_, _| unreachable!("nothing fails"),
+            );
+            assert!(outcomes.iter().all(|o| matches!(o, Outcome::Present)));
+            saw.into_inner().unwrap()
+        });
+        assert_eq!(saw, Some(3), "paths done while the slow one ran (of 3)");
+    }
+
+    #[test]
+    fn at_most_jobs_paths_run_at_once() {
+        for jobs in [1, 3] {
+            let most = within_deadline(move || {
+                let infos = dag(60);
+                let items: Vec<&PathInfo> = infos.iter().collect();
+                let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+                run_ordered(
+                    &items,
+                    jobs,
+                    |_| {
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        Outcome::Present
+                    },
+                    |_, _| unreachable!("nothing fails"),
+                );
+                most.into_inner()
+            });
+            assert!((1..=jobs).contains(&most), "jobs {jobs}: {most} at once");
+        }
+    }
+
+    #[test]
+    fn references_outside_the_set_are_not_waited_on_and_zero_jobs_is_one() {
+        // Path 1 refers to 0, which is not being pushed (already in the cache).
+        let got = within_deadline(|| {
+            let infos = [info(1, &[0]), info(2, &[1])];
+            let items: Vec<&PathInfo> = infos.iter().collect();
+            let calls = AtomicUsize::new(0);
+            let outcomes = run_ordered(
+                &items,
+                0,
+                |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Present
+                },
+                |_, _| unreachable!("nothing fails"),
+            );
+            let none: Vec<&PathInfo> = Vec::new();
+            let empty = run_ordered(&none, 4, |_| Outcome::Present, |_, _| Outcome::Present);
+            (outcomes, calls.into_inner(), empty.len())
+        });
+        assert!(
+            got.0.iter().all(|o| matches!(o, Outcome::Present)),
+            "{:?}",
+            got.0
+        );
+        assert_eq!((got.1, got.2), (2, 0));
+    }
+
+    #[test]
+    fn parallel_map_runs_up_to_threads_at_once_and_no_more() {
+        // Four items meet at a barrier: only four threads at once get past it, so
+        // a map that ran fewer at a time fails at the deadline instead of hanging.
+        within_deadline(|| {
+            let items: Vec<usize> = (0..8).collect();
+            let barrier = std::sync::Barrier::new(4);
+            let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let out = parallel_map(&items, 4, |&i| {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                barrier.wait();
+                inside.fetch_sub(1, Ordering::SeqCst);
+                i + 1
+            });
+            assert_eq!(out, (1..=8).collect::<Vec<_>>());
+            assert_eq!(most.into_inner(), 4);
+        });
+    }
+
+    #[test]
     fn the_gate_lets_at_most_n_in() {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let gate = Gate::new(2);

@@ -212,7 +212,7 @@ fn nix226_nix_build_runs_narpush_as_post_build_hook_with_out_paths() {
 
     let bucket = s3.bucket_dir("cache");
     check_cache(&bucket, &closure, "narpush-226-hook-1");
-    let pending = std::fs::read_to_string(state.join("pending")).unwrap_or_default();
+    let pending = common::read_if_exists(&state.join("pending"));
     assert!(
         pending.trim().is_empty(),
         "pending after the hook: {pending}"

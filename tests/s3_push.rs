@@ -532,9 +532,18 @@ fn corrupted_store_path_is_refused_and_nothing_uploaded() {
     assert!(stderr(&out).contains("is corrupted"), "{}", stderr(&out));
     let bucket = s3.bucket_dir("cache");
     assert!(cached_paths(&bucket).is_empty());
-    let nars: Vec<_> = std::fs::read_dir(bucket.join("nar"))
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
+    // No nar/ directory at all is no NAR; any other failure to read it fails.
+    let nar_dir = bucket.join("nar");
+    let nars: Vec<_> = match std::fs::read_dir(&nar_dir) {
+        Ok(d) => d
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("read {}: {e}", nar_dir.display()))
+                    .file_name()
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read {}: {e}", nar_dir.display()),
+    };
     assert!(nars.is_empty(), "NAR objects left behind: {nars:?}");
 }
 

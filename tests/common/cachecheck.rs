@@ -145,7 +145,8 @@ pub fn check_bucket(server: &S3Server, bucket: &str) -> BTreeSet<String> {
         if !name.ends_with(".narinfo") {
             continue;
         }
-        let text = std::fs::read_to_string(e.path()).unwrap();
+        let text = std::fs::read_to_string(e.path())
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", e.path().display()));
         let field = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}: ")))
