@@ -604,6 +604,9 @@ fn run_ordered<'a>(
         results: Vec<Option<Outcome>>,
         running: usize,
         remaining: usize,
+        /// A job panicked: the others stop taking work, and the panic goes on up
+        /// (instead of leaving them waiting for a result that never comes).
+        panicked: bool,
     }
     let mut ready: Vec<usize> = (0..items.len()).filter(|&i| waiting_on[i] == 0).collect();
     // Largest first: the long uploads start early.
@@ -614,6 +617,7 @@ fn run_ordered<'a>(
         results: (0..items.len()).map(|_| None).collect(),
         running: 0,
         remaining: items.len(),
+        panicked: false,
     });
     let cv = Condvar::new();
     std::thread::scope(|s| {
@@ -626,14 +630,26 @@ fn run_ordered<'a>(
                             st.running += 1;
                             break i;
                         }
-                        if st.remaining == 0 || (st.running == 0 && st.ready.is_empty()) {
+                        if st.panicked
+                            || st.remaining == 0
+                            || (st.running == 0 && st.ready.is_empty())
+                        {
                             cv.notify_all();
                             return;
                         }
                         st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
                     }
                 };
-                let outcome = work(items[i]);
+                let outcome =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(items[i])))
+                    {
+                        Ok(o) => o,
+                        Err(panic) => {
+                            state.lock().unwrap_or_else(|p| p.into_inner()).panicked = true;
+                            cv.notify_all();
+                            std::panic::resume_unwind(panic);
+                        }
+                    };
                 let ok = !matches!(outcome, Outcome::Failed(_));
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 st.results[i] = Some(outcome);
@@ -905,6 +921,30 @@ mod scheduler_tests {
             saw.into_inner().unwrap()
         });
         assert_eq!(saw, Some(3), "paths done while the slow one ran (of 3)");
+    }
+
+    #[test]
+    fn a_job_that_panics_ends_the_run_with_its_panic_instead_of_hanging() {
+        // Without the `panicked` flag the other job waits for a result forever.
+        let panicked = within_deadline(|| {
+            std::panic::catch_unwind(|| {
+                let infos = dag(20);
+                let items: Vec<&PathInfo> = infos.iter().collect();
+                run_ordered(
+                    &items,
+                    3,
+                    |p| {
+                        if index(p) == 3 {
+                            panic!("job 3 panics");
+                        }
+                        Outcome::Present
+                    },
+                    |_, _| Outcome::Present,
+                )
+            })
+            .is_err()
+        });
+        assert!(panicked);
     }
 
     #[test]
