@@ -17,13 +17,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// `narpush push --to URL --key-file KEY ARGS…` with credentials from the environment.
-fn push(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Output {
-    narpush()
-        .args(["push", "--to", to, "--key-file"])
+fn push_command(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Command {
+    let mut c = narpush();
+    c.args(["push", "--to", to, "--key-file"])
         .arg(key)
         .args(args)
         .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key);
+    c
+}
+
+fn push(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Output {
+    push_command(s3, to, key, args)
         .output()
         .expect("run narpush")
 }
@@ -264,19 +269,12 @@ fn no_deps_asks_the_cache_first_and_starts_no_nix_when_it_has_every_path() {
         std::env::var("PATH").unwrap_or_default()
     );
     let run = |args: &[&str]| {
-        let o = narpush()
-            .args(["push", "--to", &s3.url("cache"), "--key-file"])
-            .arg(&sec)
-            .args(args)
+        let o = push_command(&s3, &s3.url("cache"), &sec, args)
             .env("PATH", &path)
-            .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-            .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
             .output()
             .expect("run narpush");
         assert!(o.status.success(), "narpush {args:?}: {}", stderr(&o));
-        let n = std::fs::read_to_string(&runs)
-            .map(|t| t.lines().count())
-            .unwrap_or(0);
+        let n = common::read_if_exists(&runs).lines().count();
         let _ = std::fs::remove_file(&runs);
         (stdout(&o), n)
     };
