@@ -9,11 +9,12 @@
 use crate::cache::Cache;
 use crate::config::{Command, Config, HookEnv, Target};
 use crate::error::{Error, Result};
-use crate::pathinfo::{resolve_user_path, LocalNix};
+use crate::nix::local::LocalNix;
+use crate::nix::signing::SecretKey;
+use crate::nix::store_path::StorePath;
+use crate::nix::user_path::resolve_user_path;
 use crate::pending::PendingList;
 use crate::push::{self, human_bytes, Event, Outcome, PushOptions, Report};
-use crate::signing::SecretKey;
-use crate::store_path::StorePath;
 use crate::store_url::StoreUrl;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -67,7 +68,7 @@ fn keygen(name: &str, out: &Path) -> Result<i32> {
         .and_then(|()| f.sync_all())
         .map_err(|e| Error::io("write secret key file", &sec, e))?;
     let pk = key.public().to_file_string();
-    crate::cache::write_atomic(&public, pk.as_bytes())?;
+    crate::sys::write_atomic(&public, pk.as_bytes())?;
     eprintln!(
         "wrote secret key {} (mode 600) and public key {}",
         sec.display(),
@@ -91,7 +92,7 @@ pub(crate) fn open_cache(target: &Target, journal: Option<&Path>) -> Result<Cach
         StoreUrl::File { dir, .. } => Cache::File { dir: dir.clone() },
         StoreUrl::S3(s3) => {
             let creds = target.credentials.read()?;
-            let client = crate::s3::Client::new(crate::s3::S3Config::from_url(s3, creds))?;
+            let client = crate::s3::Client::new(s3.client_config(creds))?;
             client.fail_fast_after_outage();
             let journal = journal.map(|dir| crate::uploads::Journal::new(dir, client.describe()));
             let cache = Cache::S3 {

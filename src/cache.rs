@@ -12,13 +12,13 @@
 //! path can never leave a narinfo whose FileHash/FileSize disagree with its object.
 
 use crate::error::{Error, Result};
-use crate::nixbase32;
+use crate::nix::nixbase32;
 use crate::s3::{Client, StreamingUpload};
+use crate::sys::{tmp_name, write_atomic};
 use crate::uploads::{self, Journal};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const NARINFO_TYPE: &str = "text/x-nix-narinfo";
 pub const CACHE_INFO_TYPE: &str = "text/x-nix-cache-info";
@@ -47,13 +47,6 @@ pub fn now_secs() -> i64 {
     unix_secs(Some(std::time::SystemTime::now()))
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn tmp_name(dir: &Path, base: &str) -> PathBuf {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".{base}.tmp.{}.{n}", std::process::id()))
-}
-
 /// 8 random nix32 characters (40 bits from the OS's random source).
 fn random_suffix() -> Result<String> {
     let mut b = [0u8; 5];
@@ -63,26 +56,6 @@ fn random_suffix() -> Result<String> {
         ))
     })?;
     Ok(nixbase32::encode(&b))
-}
-
-/// Write `bytes` to `path` atomically (temporary file in the same directory, fsync, rename).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let base = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = tmp_name(dir, &base);
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        Error::io("write", path, e)
-    })
 }
 
 impl Cache {
@@ -499,6 +472,27 @@ mod tests {
             "{e}"
         );
         assert_eq!(names(&dir.join("nar")), [dest]);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_rename_into_a_missing_directory_leaves_no_temporary_file() {
+        let dir = temp_dir("persist-missing");
+        let path = dir.join("upload-tmp");
+        let mut tmp = TempFile::new(path.clone(), File::create(&path).unwrap());
+        tmp.write_all(b"half a NAR").unwrap();
+        let e = tmp
+            .persist(&dir.join("no-such-dir").join("x.nar"))
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+        drop(tmp);
+        assert_eq!(names(&dir), Vec::<String>::new());
+        // Persisted: the file is at its destination, and Drop leaves it there.
+        let mut tmp = TempFile::new(path.clone(), File::create(&path).unwrap());
+        tmp.write_all(b"a NAR").unwrap();
+        tmp.persist(&dir.join("x.nar")).unwrap();
+        drop(tmp);
+        assert_eq!(names(&dir), ["x.nar"]);
         let _ = fs::remove_dir_all(&dir);
     }
 

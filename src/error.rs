@@ -65,3 +65,10 @@ impl From<crate::s3::S3Error> for Error {
         Error::S3(e)
     }
 }
+
+/// An unusable CA bundle reads as it always has: one line, exit code 1.
+impl From<crate::s3::TrustError> for Error {
+    fn from(e: crate::s3::TrustError) -> Error {
+        Error::Other(e.0)
+    }
+}

@@ -16,10 +16,11 @@ use crate::compress::{Compression, Encoder};
 use crate::config::Deps;
 use crate::error::{Error, Result};
 use crate::hashing::HashingWriter;
-use crate::narinfo::{sha256_nix32, NarInfo};
-use crate::pathinfo::{LocalNix, PathInfo};
-use crate::signing::{sig_key_name, SecretKey};
-use crate::store_path::StorePath;
+use crate::nix::local::LocalNix;
+use crate::nix::narinfo::{sha256_nix32, NarInfo};
+use crate::nix::pathinfo::PathInfo;
+use crate::nix::signing::{sig_key_name, SecretKey};
+use crate::nix::store_path::StorePath;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Condvar, Mutex};
@@ -207,9 +208,30 @@ pub fn push(
     log: &(dyn Fn(&Event) + Sync),
 ) -> Result<Report> {
     let start = Instant::now();
+    let sd = nix.store_dir.as_str();
+    let head_jobs = opts.jobs.clamp(8, 32);
+    // With `--no-deps` only the given paths matter, so the cache is asked before Nix:
+    // a path already there costs one HEAD, and when all are there Nix never starts.
+    let mut asked: HashMap<&StorePath, Result<bool>> = HashMap::new();
+    if opts.deps == Deps::None {
+        let present = parallel_map(roots, head_jobs, |p| narinfo_present(cache, p));
+        if present.iter().all(|r| matches!(r, Ok(true))) {
+            let mut outcomes = Vec::new();
+            for p in roots {
+                let full = p.to_full(sd);
+                log(&Event::Present { path: &full });
+                outcomes.push((full, Outcome::Present));
+            }
+            return Ok(Report {
+                outcomes,
+                upstream: Vec::new(),
+                elapsed: start.elapsed(),
+            });
+        }
+        asked = roots.iter().zip(present).collect();
+    }
     let infos = nix.query(roots, opts.deps != Deps::None)?;
     let root_set: BTreeSet<&StorePath> = roots.iter().collect();
-    let sd = nix.store_dir.as_str();
 
     // 2. Choose.
     let mut candidates: Vec<&PathInfo> = Vec::new();
@@ -240,11 +262,23 @@ pub fn push(
     }
 
     // 3. Which are in the cache already.
-    let present = parallel_map(&candidates, opts.jobs.clamp(8, 32), |info| {
-        // A narinfo older than a day is written again: gc keeps what is pushed.
-        let key = format!("{}.narinfo", info.path.hash_part());
-        cache.exists_renewing(&key, RENEW_AFTER_SECS, crate::cache::now_secs())
-    });
+    let to_ask: Vec<&PathInfo> = candidates
+        .iter()
+        .filter(|i| !asked.contains_key(&i.path))
+        .copied()
+        .collect();
+    let mut answers = parallel_map(&to_ask, head_jobs, |info| {
+        narinfo_present(cache, &info.path)
+    })
+    .into_iter();
+    let present: Vec<Result<bool>> = candidates
+        .iter()
+        .map(|i| {
+            asked
+                .remove(&i.path)
+                .unwrap_or_else(|| answers.next().expect("one answer per path not asked yet"))
+        })
+        .collect();
     let mut outcomes: Vec<(String, Outcome)> = Vec::new();
     let mut todo: Vec<&PathInfo> = Vec::new();
     // Paths whose presence could not be checked: nothing referring to them may go up.
@@ -353,6 +387,13 @@ pub fn push(
     })
 }
 
+/// Whether the cache has `path`'s narinfo: one HEAD. One older than a day is written
+/// again, so that gc keeps what is pushed.
+fn narinfo_present(cache: &Cache, path: &StorePath) -> Result<bool> {
+    let key = format!("{}.narinfo", path.hash_part());
+    cache.exists_renewing(&key, RENEW_AFTER_SECS, crate::cache::now_secs())
+}
+
 /// Write `nix-cache-info` when the cache has none; refuse a cache for another store.
 pub fn check_cache_info(cache: &Cache, store_dir: &str) -> Result<()> {
     cache.prepare()?;
@@ -418,9 +459,9 @@ fn push_one(
             done: 0,
             last: Instant::now(),
         };
-        crate::dump::dump_path(Path::new(&full), &mut shown).map(|_| ())
+        crate::nix::dump::dump_path(Path::new(&full), &mut shown).map(|_| ())
     } else {
-        crate::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ())
+        crate::nix::dump::dump_path(Path::new(&full), &mut pipeline).map(|_| ())
     };
     let (encoder, nar_hash, nar_size) = pipeline.finish();
     let finished = encoder.finish();
@@ -563,6 +604,9 @@ fn run_ordered<'a>(
         results: Vec<Option<Outcome>>,
         running: usize,
         remaining: usize,
+        /// A job panicked: the others stop taking work, and the panic goes on up
+        /// (instead of leaving them waiting for a result that never comes).
+        panicked: bool,
     }
     let mut ready: Vec<usize> = (0..items.len()).filter(|&i| waiting_on[i] == 0).collect();
     // Largest first: the long uploads start early.
@@ -573,6 +617,7 @@ fn run_ordered<'a>(
         results: (0..items.len()).map(|_| None).collect(),
         running: 0,
         remaining: items.len(),
+        panicked: false,
     });
     let cv = Condvar::new();
     std::thread::scope(|s| {
@@ -585,14 +630,26 @@ fn run_ordered<'a>(
                             st.running += 1;
                             break i;
                         }
-                        if st.remaining == 0 || (st.running == 0 && st.ready.is_empty()) {
+                        if st.panicked
+                            || st.remaining == 0
+                            || (st.running == 0 && st.ready.is_empty())
+                        {
                             cv.notify_all();
                             return;
                         }
                         st = cv.wait(st).unwrap_or_else(|p| p.into_inner());
                     }
                 };
-                let outcome = work(items[i]);
+                let outcome =
+                    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(items[i])))
+                    {
+                        Ok(o) => o,
+                        Err(panic) => {
+                            state.lock().unwrap_or_else(|p| p.into_inner()).panicked = true;
+                            cv.notify_all();
+                            std::panic::resume_unwind(panic);
+                        }
+                    };
                 let ok = !matches!(outcome, Outcome::Failed(_));
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                 st.results[i] = Some(outcome);
@@ -826,6 +883,141 @@ mod scheduler_tests {
             assert!(failed_text(&got[&i]).unwrap().contains("reference cycle"));
         }
         assert!(matches!(got[&2], Outcome::Present));
+    }
+
+    #[test]
+    fn a_slow_path_does_not_hold_back_independent_ones() {
+        use std::sync::Condvar;
+        // 1 is slow and the largest, so it starts first; 2, 3 and 4 (which needs
+        // 2) do not depend on it. With two jobs they all finish while 1 is still
+        // running: 1 waits for them (up to a deadline a loaded machine never
+        // needs), so a scheduler that waited for the slow path fails here instead
+        // of hanging.
+        let saw = within_deadline(|| {
+            let infos = [info(1, &[]), info(2, &[]), info(3, &[]), info(4, &[2])];
+            let items: Vec<&PathInfo> = infos.iter().collect();
+            let others_done = (Mutex::new(0usize), Condvar::new());
+            let saw = Mutex::new(None);
+            let outcomes = run_ordered(
+                &items,
+                2,
+                |p| {
+                    if index(p) == 1 {
+                        let g = others_done.0.lock().unwrap();
+                        let (g, _) = others_done
+                            .1
+                            .wait_timeout_while(g, Duration::from_secs(60), |n| *n < 3)
+                            .unwrap();
+                        *saw.lock().unwrap() = Some(*g);
+                    } else {
+                        *others_done.0.lock().unwrap() += 1;
+                        others_done.1.notify_all();
+                    }
+                    Outcome::Present
+                },
+                |_, _| unreachable!("nothing fails"),
+            );
+            assert!(outcomes.iter().all(|o| matches!(o, Outcome::Present)));
+            saw.into_inner().unwrap()
+        });
+        assert_eq!(saw, Some(3), "paths done while the slow one ran (of 3)");
+    }
+
+    #[test]
+    fn a_job_that_panics_ends_the_run_with_its_panic_instead_of_hanging() {
+        // Without the `panicked` flag the other job waits for a result forever.
+        let panicked = within_deadline(|| {
+            std::panic::catch_unwind(|| {
+                let infos = dag(20);
+                let items: Vec<&PathInfo> = infos.iter().collect();
+                run_ordered(
+                    &items,
+                    3,
+                    |p| {
+                        if index(p) == 3 {
+                            panic!("job 3 panics");
+                        }
+                        Outcome::Present
+                    },
+                    |_, _| Outcome::Present,
+                )
+            })
+            .is_err()
+        });
+        assert!(panicked);
+    }
+
+    #[test]
+    fn at_most_jobs_paths_run_at_once() {
+        for jobs in [1, 3] {
+            let most = within_deadline(move || {
+                let infos = dag(60);
+                let items: Vec<&PathInfo> = infos.iter().collect();
+                let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+                run_ordered(
+                    &items,
+                    jobs,
+                    |_| {
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::yield_now();
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                        Outcome::Present
+                    },
+                    |_, _| unreachable!("nothing fails"),
+                );
+                most.into_inner()
+            });
+            assert!((1..=jobs).contains(&most), "jobs {jobs}: {most} at once");
+        }
+    }
+
+    #[test]
+    fn references_outside_the_set_are_not_waited_on_and_zero_jobs_is_one() {
+        // Path 1 refers to 0, which is not being pushed (already in the cache).
+        let got = within_deadline(|| {
+            let infos = [info(1, &[0]), info(2, &[1])];
+            let items: Vec<&PathInfo> = infos.iter().collect();
+            let calls = AtomicUsize::new(0);
+            let outcomes = run_ordered(
+                &items,
+                0,
+                |_| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Outcome::Present
+                },
+                |_, _| unreachable!("nothing fails"),
+            );
+            let none: Vec<&PathInfo> = Vec::new();
+            let empty = run_ordered(&none, 4, |_| Outcome::Present, |_, _| Outcome::Present);
+            (outcomes, calls.into_inner(), empty.len())
+        });
+        assert!(
+            got.0.iter().all(|o| matches!(o, Outcome::Present)),
+            "{:?}",
+            got.0
+        );
+        assert_eq!((got.1, got.2), (2, 0));
+    }
+
+    #[test]
+    fn parallel_map_runs_up_to_threads_at_once_and_no_more() {
+        // Four items meet at a barrier: only four threads at once get past it, so
+        // a map that ran fewer at a time fails at the deadline instead of hanging.
+        within_deadline(|| {
+            let items: Vec<usize> = (0..8).collect();
+            let barrier = std::sync::Barrier::new(4);
+            let (inside, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+            let out = parallel_map(&items, 4, |&i| {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                barrier.wait();
+                inside.fetch_sub(1, Ordering::SeqCst);
+                i + 1
+            });
+            assert_eq!(out, (1..=8).collect::<Vec<_>>());
+            assert_eq!(most.into_inner(), 4);
+        });
     }
 
     #[test]

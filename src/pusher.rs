@@ -13,12 +13,12 @@ use crate::app::{logger, open_target, summary};
 use crate::config::{Config, HookEnv};
 use crate::error::{Error, Result};
 use crate::glob::first_match;
-use crate::pathinfo::LocalNix;
+use crate::nix::local::LocalNix;
+use crate::nix::store_path::StorePath;
 use crate::pending::PendingList;
 use crate::push::{self, human_bytes, Event};
 use crate::pushlog::PushLog;
 use crate::queue::{self, human_duration, Pusher, PusherGuard, PusherState};
-use crate::store_path::StorePath;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
@@ -546,7 +546,7 @@ pub fn run_status(config: &Config, json: bool, max_age: Option<Duration>) -> Res
     let since = list.queued_since(&entries);
     let now = crate::cache::now_secs();
     let oldest = since.iter().min().map(|t| (now - t).max(0) as u64);
-    let pusher = PusherState::load(dir).filter(|s| queue::process_alive(s.pid));
+    let pusher = PusherState::load(dir).filter(|s| crate::sys::process_alive(s.pid));
     let last = PushLog::new(dir).tail(10);
     let too_old = match (oldest, max_age) {
         (Some(o), Some(m)) => o > m.as_secs(),

@@ -8,7 +8,7 @@
 //! operations and keys, not credentials). Best effort: a log that cannot be written
 //! never stops a push.
 
-use crate::sigv4::UtcTime;
+use crate::s3::sigv4::UtcTime;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;

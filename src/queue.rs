@@ -275,26 +275,11 @@ impl PusherState {
 
     /// Write it (atomically; best effort).
     pub fn save(&self, state_dir: &Path) {
-        let _ = crate::cache::write_atomic(&state_path(state_dir), self.to_text().as_bytes());
+        let _ = crate::sys::write_atomic(&state_path(state_dir), self.to_text().as_bytes());
     }
 
     pub fn load(state_dir: &Path) -> Option<PusherState> {
         PusherState::parse(&std::fs::read_to_string(state_path(state_dir)).ok()?)
-    }
-}
-
-/// Is process `pid` alive? A zombie (exited, not yet reaped) is not. Without
-/// `/proc`, every process counts as alive.
-pub fn process_alive(pid: u32) -> bool {
-    if !Path::new("/proc/self").exists() {
-        return true;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_none_or(|state| state != "Z" && state != "X"),
-        Err(_) => false,
     }
 }
 
@@ -395,21 +380,6 @@ mod tests {
         };
         assert_eq!(PusherState::parse(&s.to_text()), Some(s));
         assert_eq!(PusherState::parse("since 3\n"), None);
-    }
-
-    #[test]
-    fn liveness_sees_this_process_and_not_a_dead_one() {
-        assert!(process_alive(std::process::id()));
-        assert!(!process_alive(u32::MAX));
-        // A child that exited and was not reaped yet is a zombie: dead.
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = child.id();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while process_alive(pid) {
-            assert!(Instant::now() < deadline, "child {pid} never exited");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        child.wait().unwrap();
     }
 
     #[test]

@@ -15,10 +15,13 @@
 //! bounded), whatever the flag says.
 
 use crate::error::Error;
+use crate::s3::{
+    validate_bucket, Credentials, Endpoint, RetryPolicy, S3Config, Scheme, MAX_PART_SIZE,
+    MIN_PART_SIZE,
+};
 use std::path::PathBuf;
+use std::time::Duration;
 
-/// The smallest S3 multipart part (except the last): 5 MiB.
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
 /// Default part size, as Nix's `buffer-size` default.
 pub const DEFAULT_PART_SIZE: u64 = MIN_PART_SIZE;
 /// Default `connect-timeout`, seconds.
@@ -52,52 +55,6 @@ pub struct CacheParams {
     pub priority: Option<u32>,
     pub want_mass_query: Option<bool>,
     pub parallel_compression: Option<bool>,
-}
-
-/// `http` or `https`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-    pub fn default_port(self) -> u16 {
-        match self {
-            Scheme::Http => 80,
-            Scheme::Https => 443,
-        }
-    }
-}
-
-/// Where requests go: scheme, host and port.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub scheme: Scheme,
-    pub host: String,
-    pub port: u16,
-}
-
-impl Endpoint {
-    /// `host` or `host:port` when the port is not the scheme's default: the `Host`
-    /// header and the authority of URLs.
-    pub fn authority(&self) -> String {
-        if self.port == self.scheme.default_port() {
-            self.host.clone()
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-    /// `scheme://authority`.
-    pub fn base_url(&self) -> String {
-        format!("{}://{}", self.scheme.as_str(), self.authority())
-    }
 }
 
 /// `addressing-style`.
@@ -139,6 +96,26 @@ pub struct S3Url {
 }
 
 impl S3Url {
+    /// The S3 client configuration for this bucket, signing with `creds`.
+    pub fn client_config(&self, creds: Credentials) -> S3Config {
+        S3Config {
+            endpoint: self.endpoint.clone(),
+            bucket: self.bucket.clone(),
+            region: self.region.clone(),
+            path_style: self.path_style(),
+            credentials: creds,
+            retry: RetryPolicy {
+                max_attempts: self.retry_attempts,
+                ..RetryPolicy::default()
+            },
+            connect_timeout: Duration::from_secs(self.connect_timeout),
+            io_timeout: Duration::from_secs(self.io_timeout),
+            idle_timeout: Duration::from_secs(self.idle_timeout),
+            storage_class: self.storage_class.clone(),
+            trust_file: None,
+        }
+    }
+
     /// Path style (`host/bucket/key`) rather than virtual-hosted (`bucket.host/key`).
     pub fn path_style(&self) -> bool {
         match self.addressing_style {
@@ -324,38 +301,6 @@ fn parse_file(main: &str, params: &[(String, String)], url: &str) -> Result<Stor
     })
 }
 
-/// S3 bucket naming rules: 3–63 characters of lowercase letters, digits, dots and
-/// hyphens, starting and ending with a letter or digit, no `..`, not an IPv4 address.
-pub fn validate_bucket(name: &str) -> Result<(), String> {
-    let b = name.as_bytes();
-    if !(3..=63).contains(&b.len()) {
-        return Err(format!(
-            "bucket name '{name}' must be 3 to 63 characters long"
-        ));
-    }
-    if !b
-        .iter()
-        .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'.' || c == b'-')
-    {
-        return Err(format!(
-            "bucket name '{name}' may contain only lowercase letters, digits, dots and hyphens"
-        ));
-    }
-    let alnum = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit();
-    if !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return Err(format!(
-            "bucket name '{name}' must start and end with a letter or digit"
-        ));
-    }
-    if name.contains("..") {
-        return Err(format!("bucket name '{name}' must not contain '..'"));
-    }
-    if name.parse::<std::net::Ipv4Addr>().is_ok() {
-        return Err(format!("bucket name '{name}' must not be an IP address"));
-    }
-    Ok(())
-}
-
 fn parse_endpoint(v: &str, scheme_param: Option<Scheme>, url: &str) -> Result<Endpoint, Error> {
     let bad = |why: &str| Error::Usage(format!("store URL '{url}': endpoint '{v}' {why}"));
     let (scheme, rest) = if let Some(r) = v.strip_prefix("https://") {
@@ -485,7 +430,7 @@ fn parse_s3(
                         "store URL '{url}': {k}={v} is below S3's minimum part size of {MIN_PART_SIZE} bytes (5 MiB)"
                     )));
                 }
-                if part_size > 5 * 1024 * 1024 * 1024 {
+                if part_size > MAX_PART_SIZE {
                     return Err(Error::Usage(format!(
                         "store URL '{url}': {k}={v} is above S3's maximum part size of 5 GiB"
                     )));

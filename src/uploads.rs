@@ -81,7 +81,7 @@ impl Journal {
                 continue;
             };
             // A zombie (killed, not yet reaped) is as dead as a missing process.
-            if crate::queue::process_alive(pid) {
+            if crate::sys::process_alive(pid) {
                 continue;
             }
             let Ok(text) = fs::read_to_string(e.path()) else {

@@ -188,7 +188,7 @@ fn hook_environment_junk() {
         assert!(lines[0].contains(why), "{err}");
     }
     assert_eq!(c.narinfos(), 1, "the good path is pushed: {err}");
-    let pending = std::fs::read_to_string(c.dir.join("state/pending")).unwrap_or_default();
+    let pending = common::read_if_exists(&c.dir.join("state/pending"));
     assert!(pending.is_empty(), "junk is not recorded: {pending}");
 
     // DRV_PATH that does not exist (OUT_PATHS empty, as Nix 2.8 may leave it).
@@ -289,7 +289,7 @@ fn bad_key_files() {
     let good = small_paths("bad-keys", 1).remove(0);
     let secret = std::fs::read_to_string(&c.key).unwrap();
     let (name, b64) = secret.split_once(':').unwrap();
-    let sk = narpush::signing::SecretKey::parse(&secret, "test").unwrap();
+    let sk = narpush::nix::signing::SecretKey::parse(&secret, "test").unwrap();
     let public = sk.public().to_file_string();
     for (file, text, needle) in [
         ("empty.sec", String::new(), "empty"),

@@ -421,6 +421,22 @@ fn the_bucket_check_fails_on_a_bucket_it_cannot_read() {
 }
 
 #[test]
+fn a_list_that_cannot_be_read_fails_instead_of_reading_as_empty() {
+    let dir = common::s3server::temp_dir("read-if-exists");
+    assert_eq!(common::read_if_exists(&dir.join("pending")), "");
+    // A directory where the pending list should be: unreadable, not empty.
+    std::fs::create_dir(dir.join("pending")).unwrap();
+    let r = std::panic::catch_unwind(|| common::read_if_exists(&dir.join("pending")));
+    let _ = std::fs::remove_dir_all(&dir);
+    let msg = r.expect_err("an unreadable list passed as empty");
+    let msg = msg.downcast_ref::<String>().unwrap();
+    assert!(
+        msg.starts_with("cannot read ") && msg.contains("pending"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn a_push_of_200_paths_opens_at_most_one_connection_per_request_in_flight() {
     let s = server();
     let proxy = Proxy::start(s.port, |_: &Req| Action::Forward);

@@ -80,7 +80,7 @@ fn nix_dump(path: &Path) -> Vec<u8> {
 }
 
 fn ours(path: &Path) -> Vec<u8> {
-    narpush::dump::dump_path(path, Vec::new()).unwrap()
+    narpush::nix::dump::dump_path(path, Vec::new()).unwrap()
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn store_paths_hash_as_nix_records() {
     use sha2::Digest;
     let h: [u8; 32] = sha2::Sha256::digest(&nar).into();
     assert_eq!(
-        format!("sha256:{}", narpush::nixbase32::encode(&h)),
+        format!("sha256:{}", narpush::nix::nixbase32::encode(&h)),
         recorded
     );
 }
@@ -146,7 +146,7 @@ fn unsupported_file_types_are_refused_with_the_path() {
     let dir = temp_dir("golden-fifo");
     let fifo = dir.join("pipe");
     ok(Command::new("mkfifo").arg(&fifo));
-    let e = narpush::dump::dump_path(&dir, Vec::new())
+    let e = narpush::nix::dump::dump_path(&dir, Vec::new())
         .unwrap_err()
         .to_string();
     assert!(e.contains("pipe") && e.contains("FIFO"), "{e}");

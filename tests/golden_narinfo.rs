@@ -9,7 +9,7 @@ mod common;
 use common::nix::{build, build_with, graph_expr, narpush, nix, nix_keypair, nonce, ok};
 use common::nix226;
 use common::s3server::temp_dir;
-use narpush::narinfo::NarInfo;
+use narpush::nix::narinfo::NarInfo;
 use std::path::Path;
 use std::process::Command;
 

@@ -131,8 +131,7 @@ fn substitute(dir: &Path, top: &str, public: &str) {
 }
 
 fn pending(state: &Path) -> BTreeSet<String> {
-    std::fs::read_to_string(state.join("pending"))
-        .unwrap_or_default()
+    common::read_if_exists(&state.join("pending"))
         .lines()
         .map(String::from)
         .collect()

@@ -14,9 +14,9 @@ use common::cache::{check_invariants, check_upload_order, in_root, narinfos};
 use common::nix::{build_with, graph_expr, nix_keypair, nonce, realise_with, stderr, stdout};
 use common::nix226;
 use common::s3server::{temp_dir, S3Server};
-use narpush::narinfo::fingerprint;
-use narpush::pathinfo::{parse_path_info_json, PathInfo};
-use narpush::signing::PublicKey;
+use narpush::nix::narinfo::fingerprint;
+use narpush::nix::pathinfo::{parse_path_info_json, PathInfo};
+use narpush::nix::signing::PublicKey;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -212,7 +212,7 @@ fn nix226_nix_build_runs_narpush_as_post_build_hook_with_out_paths() {
 
     let bucket = s3.bucket_dir("cache");
     check_cache(&bucket, &closure, "narpush-226-hook-1");
-    let pending = std::fs::read_to_string(state.join("pending")).unwrap_or_default();
+    let pending = common::read_if_exists(&state.join("pending"));
     assert!(
         pending.trim().is_empty(),
         "pending after the hook: {pending}"

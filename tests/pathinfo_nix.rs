@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use narpush::pathinfo::{parse_hash_any, resolve_user_path, LocalNix};
-use narpush::store_path::StorePath;
+use narpush::nix::hash::parse_hash_any;
+use narpush::nix::local::LocalNix;
+use narpush::nix::store_path::StorePath;
+use narpush::nix::user_path::resolve_user_path;
 
 mod common;
 
@@ -56,7 +58,7 @@ fn store_path(nix: &LocalNix, full: &str) -> StorePath {
 }
 
 /// Compare one queried path with `nix-store --query`'s answers.
-fn check_against_nix_store(nix: &LocalNix, info: &narpush::pathinfo::PathInfo) {
+fn check_against_nix_store(nix: &LocalNix, info: &narpush::nix::pathinfo::PathInfo) {
     let full = info.path.to_full(&nix.store_dir);
     let hash = sh("nix-store", &["--query", "--hash", &full]);
     assert_eq!(Some(info.nar_hash), parse_hash_any(&hash), "hash of {full}");
@@ -107,7 +109,7 @@ fn query_added_file_matches_nix_store() {
     // A flat file added recursively: its CA hash is its NAR hash.
     let want_ca = format!(
         "fixed:r:sha256:{}",
-        narpush::nixbase32::encode(&info.nar_hash)
+        narpush::nix::nixbase32::encode(&info.nar_hash)
     );
     assert_eq!(info.ca.as_deref(), Some(want_ca.as_str()));
     assert!(info.sigs.is_empty());

@@ -130,8 +130,7 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn pending(state: &Path) -> BTreeSet<String> {
-    std::fs::read_to_string(state.join("pending"))
-        .unwrap_or_default()
+    common::read_if_exists(&state.join("pending"))
         .lines()
         .map(String::from)
         .collect()
@@ -165,7 +164,7 @@ fn wait_drained(s: &Setup, limit: Duration) {
 }
 
 fn log(s: &Setup) -> String {
-    std::fs::read_to_string(s.state.join("log")).unwrap_or_default()
+    common::read_if_exists(&s.state.join("log"))
 }
 
 /// `nix-build -A top` of a fresh graph with narpush as post-build-hook.

@@ -17,13 +17,18 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 /// `narpush push --to URL --key-file KEY ARGS…` with credentials from the environment.
-fn push(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Output {
-    narpush()
-        .args(["push", "--to", to, "--key-file"])
+fn push_command(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Command {
+    let mut c = narpush();
+    c.args(["push", "--to", to, "--key-file"])
         .arg(key)
         .args(args)
         .env("AWS_ACCESS_KEY_ID", &s3.access_key)
-        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key)
+        .env("AWS_SECRET_ACCESS_KEY", &s3.secret_key);
+    c
+}
+
+fn push(s3: &S3Server, to: &str, key: &Path, args: &[&str]) -> Output {
+    push_command(s3, to, key, args)
         .output()
         .expect("run narpush")
 }
@@ -178,7 +183,7 @@ fn multipart_nar_round_trips_and_second_push_uploads_nothing() {
     assert!(info.nar_size > 12 << 20, "NarSize {}", info.nar_size);
     assert_eq!(info.file_size, Some(info.nar_size), "none: file is the NAR");
     // Larger than one part: streamed as a multipart upload under a per-upload name.
-    let nar_hash = narpush::nixbase32::encode(&info.nar_hash);
+    let nar_hash = narpush::nix::nixbase32::encode(&info.nar_hash);
     assert!(
         info.url.starts_with(&format!("nar/{nar_hash}-")) && info.url.ends_with(".nar"),
         "{}",
@@ -220,6 +225,76 @@ fn no_deps_pushes_exactly_the_given_path() {
     let (top, _, _, _) = fresh_graph(&dir);
     push_ok(&s3, &s3.url("cache"), &sec, &["--no-deps", &top]);
     assert_eq!(cached_paths(&s3.bucket_dir("cache")), set(&[&top]));
+}
+
+#[test]
+fn no_deps_asks_the_cache_first_and_starts_no_nix_when_it_has_every_path() {
+    let dir = temp_dir("push-nodeps-cached");
+    let s3 = S3Server::start();
+    s3.create_bucket("cache");
+    let (sec, _) = nix_keypair(&dir, "narpush-test-1");
+    let (top, out, _, _) = fresh_graph(&dir);
+    // `nix` on PATH is a wrapper that notes each run, then runs the real one.
+    let real = String::from_utf8(
+        Command::new("sh")
+            .args(["-c", "command -v nix"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    assert!(!real.is_empty(), "nix is not on PATH");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let runs = dir.join("nix-runs");
+    let wrapper = bin.join("nix");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >>'{}'\nexec '{real}' \"$@\"\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let run = |args: &[&str]| {
+        let o = push_command(&s3, &s3.url("cache"), &sec, args)
+            .env("PATH", &path)
+            .output()
+            .expect("run narpush");
+        assert!(o.status.success(), "narpush {args:?}: {}", stderr(&o));
+        let n = common::read_if_exists(&runs).lines().count();
+        let _ = std::fs::remove_file(&runs);
+        (stdout(&o), n)
+    };
+    // New: one `nix` run for the whole push.
+    let (_, n) = run(&["--no-deps", &top]);
+    assert_eq!(n, 1, "a push runs one nix child process");
+    // Cached: the HEAD answers it, no nix at all.
+    let (log, n) = run(&["--no-deps", &top]);
+    assert_eq!(n, 0, "a --no-deps push of a cached path ran nix: {log}");
+    assert!(
+        log.contains("0 pushed") && log.contains("1 already cached"),
+        "{log}"
+    );
+    // One cached, one new: nix runs once, and only the new path goes up.
+    let (_, n) = run(&["--no-deps", &top, &out]);
+    assert_eq!(n, 1);
+    assert_eq!(cached_paths(&s3.bucket_dir("cache")), set(&[&top, &out]));
+    // Without --no-deps the closure must be checked: nix runs.
+    let (_, n) = run(&[&top]);
+    assert_eq!(n, 1);
 }
 
 #[test]
@@ -455,9 +530,18 @@ fn corrupted_store_path_is_refused_and_nothing_uploaded() {
     assert!(stderr(&out).contains("is corrupted"), "{}", stderr(&out));
     let bucket = s3.bucket_dir("cache");
     assert!(cached_paths(&bucket).is_empty());
-    let nars: Vec<_> = std::fs::read_dir(bucket.join("nar"))
-        .map(|d| d.map(|e| e.unwrap().file_name()).collect())
-        .unwrap_or_default();
+    // No nar/ directory at all is no NAR; any other failure to read it fails.
+    let nar_dir = bucket.join("nar");
+    let nars: Vec<_> = match std::fs::read_dir(&nar_dir) {
+        Ok(d) => d
+            .map(|e| {
+                e.unwrap_or_else(|e| panic!("read {}: {e}", nar_dir.display()))
+                    .file_name()
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("read {}: {e}", nar_dir.display()),
+    };
     assert!(nars.is_empty(), "NAR objects left behind: {nars:?}");
 }
 

@@ -25,7 +25,7 @@ fn config(url: &str, access: &str, secret: &str) -> S3Config {
         secret_access_key: secret.to_string(),
         session_token: None,
     };
-    S3Config::from_url(&u, creds)
+    u.client_config(creds)
 }
 
 fn client(server: &S3Server, bucket: &str) -> Client {
@@ -479,21 +479,63 @@ struct Scripted {
     thread: Option<std::thread::JoinHandle<()>>,
     /// Closed (or sent on) when the server thread ends.
     done: std::sync::mpsc::Receiver<()>,
+    /// Set when the test is done with the server: its thread stops waiting.
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     scripted: usize,
+}
+
+/// The next connection to `listener` (non-blocking), or `None` once `deadline`
+/// passes or `stop` is set: the server thread never blocks in accept for good.
+fn accept_by(
+    listener: &std::net::TcpListener,
+    deadline: Instant,
+    stop: &std::sync::atomic::AtomicBool,
+) -> Option<std::net::TcpStream> {
+    loop {
+        match listener.accept() {
+            Ok((stream, _)) => {
+                stream.set_nonblocking(false).unwrap();
+                return Some(stream);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() >= deadline {
+                    return None;
+                }
+                // Polling: nothing to wait on but the client's connect.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("scripted server: accept: {e}"),
+        }
+    }
 }
 
 impl Scripted {
     fn start(responses: Vec<String>) -> Scripted {
         use std::io::{BufRead, BufReader, Read};
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = seen.clone();
         let scripted = responses.len();
         let (done_tx, done) = std::sync::mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let deadline = Instant::now() + SCRIPT_DEADLINE;
         let thread = std::thread::spawn(move || {
             for resp in responses {
-                let (mut stream, _) = listener.accept().unwrap();
+                let Some(mut stream) = accept_by(&listener, deadline, &stopping) else {
+                    if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                        // The test has given up already and said why.
+                        return;
+                    }
+                    let seen = log.lock().unwrap().clone();
+                    panic!(
+                        "the client sent {} of {scripted} scripted requests within \
+                         {SCRIPT_DEADLINE:?}: {seen:?}",
+                        seen.len()
+                    );
+                };
                 // A client that stops mid-request cannot hold the thread forever.
                 stream.set_read_timeout(Some(SCRIPT_DEADLINE)).unwrap();
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
@@ -528,6 +570,7 @@ impl Scripted {
             seen,
             thread: Some(thread),
             done,
+            stop,
             scripted,
         }
     }
@@ -549,14 +592,14 @@ impl Scripted {
     fn finish_within(mut self, deadline: Duration) -> Vec<String> {
         use std::sync::mpsc::RecvTimeoutError;
         match self.done.recv_timeout(deadline) {
-            // Disconnected: the thread panicked; join reports why.
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => self
-                .thread
-                .take()
-                .unwrap()
-                .join()
-                .expect("scripted server thread"),
+            // Disconnected: the thread panicked; its message is the test's.
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {
+                if let Err(why) = self.thread.take().unwrap().join() {
+                    std::panic::resume_unwind(why);
+                }
+            }
             Err(RecvTimeoutError::Timeout) => {
+                self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
                 let seen = self.seen.lock().unwrap().clone();
                 panic!(
                     "the client sent {} of {} scripted requests within {deadline:?}: {seen:?}",
@@ -566,6 +609,13 @@ impl Scripted {
             }
         }
         self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Scripted {
+    /// A test that fails before `finish` does not leave the server waiting.
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -855,6 +905,24 @@ fn a_client_that_sends_fewer_requests_than_scripted_fails_instead_of_hanging() {
     assert!(msg.contains("sent 1 of 2 scripted requests"), "{msg}");
 }
 
+#[test]
+fn the_scripted_server_itself_stops_waiting_at_its_deadline() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let never = std::sync::atomic::AtomicBool::new(false);
+    // Nobody connects: accept gives up at the deadline instead of blocking.
+    let t = Instant::now();
+    assert!(accept_by(&listener, t + Duration::from_millis(100), &never).is_none());
+    // A client that connects is accepted, on a blocking socket.
+    let port = listener.local_addr().unwrap().port();
+    let _client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let got = accept_by(&listener, Instant::now() + SCRIPT_DEADLINE, &never);
+    assert!(got.is_some(), "the waiting connection is accepted");
+    // Told to stop, it stops at once however far the deadline.
+    let stop = std::sync::atomic::AtomicBool::new(true);
+    assert!(accept_by(&listener, Instant::now() + SCRIPT_DEADLINE, &stop).is_none());
+}
+
 /// A client through a counting proxy with these URL parameters.
 fn proxied(server: &S3Server, proxy: &Proxy, extra: &str) -> Client {
     Client::new(config(
@@ -939,8 +1007,13 @@ fn a_stall_on_a_reused_connection_times_out() {
         reqs[1].conn, reqs[0].conn,
         "the PUT went over the reused connection"
     );
-    // The 2 s read/write timeout held on the reused connection (a bound, not a
-    // measurement: without one the client would wait for the proxy's 120 s).
+    // The 2 s read/write timeout held on the reused connection: the client closed
+    // the stalled connection itself (without a timeout the proxy's 120 s limit
+    // would have released it), well within a bound no loaded machine reaches.
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |s| s.stalls_closed_by_client == 1),
+        "the client never gave up on the stalled PUT"
+    );
     assert!(took < Duration::from_secs(60), "{took:?}");
 }
 
@@ -1023,6 +1096,7 @@ fn an_answer_trickled_a_byte_at_a_time_times_out() {
     s.create_bucket("reuse");
     // ~85 bytes of head at one byte per 300 ms: ~25 s, never 2 s without a byte.
     let answer = common::proxy::http_response(200, "OK", &[("Content-Type", "text/plain")], "");
+    let total = answer.len();
     let proxy = Proxy::start(s.port, move |_: &Req| {
         Action::Trickle(answer.clone(), Duration::from_millis(300))
     });
@@ -1040,6 +1114,55 @@ fn an_answer_trickled_a_byte_at_a_time_times_out() {
         ),
         "{e}"
     );
-    // A bound, not a measurement: the whole trickle would take about 25 s.
-    assert!(took < Duration::from_secs(20), "{took:?}");
+    // A count, not a time (a loaded machine slows the trickle too): the client
+    // gave up before half of the head had arrived (at 2 s, about 7 bytes).
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |s| s.trickles_ended == 1),
+        "the trickle never ended"
+    );
+    let sent = proxy.with_seen(|s| s.trickled_bytes);
+    assert!(
+        sent < total / 2,
+        "the client waited for {sent} of {total} bytes ({took:?})"
+    );
+}
+
+#[test]
+fn a_body_trickled_a_byte_at_a_time_times_out() {
+    let s = S3Server::start();
+    s.create_bucket("reuse");
+    // The head at once, then 200 bytes of body at one byte per 300 ms: ~60 s, never
+    // 2 s without a byte, so only a deadline for the whole body ends it.
+    let body = "x".repeat(200);
+    let answer = common::proxy::http_response(200, "OK", &[("Content-Type", "text/plain")], &body);
+    let head = answer.len() - body.len();
+    let proxy = Proxy::start(s.port, move |_: &Req| {
+        Action::TrickleFrom(answer.clone(), head, Duration::from_millis(300))
+    });
+    let c = proxied(&s, &proxy, "&io-timeout=2&retry-attempts=1");
+    let t = Instant::now();
+    let e = c.get_object("x.narinfo").unwrap_err();
+    let took = t.elapsed();
+    assert!(
+        matches!(
+            &e.kind,
+            S3ErrorKind::Transport {
+                kind: TransportKind::Timeout,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().contains("slower than"), "{e}");
+    // A count, not a time: the client gave up before half of the body had arrived
+    // (at about 2 s, some 7 of its 200 bytes).
+    assert!(
+        proxy.wait_for(Duration::from_secs(120), |s| s.trickles_ended == 1),
+        "the trickle never ended"
+    );
+    let sent = proxy.with_seen(|s| s.trickled_bytes) - head;
+    assert!(
+        sent < 100,
+        "the client waited for {sent} of 200 bytes of body ({took:?})"
+    );
 }

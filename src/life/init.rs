@@ -8,8 +8,8 @@ use super::{open_cache, InitArgs};
 use crate::cache::{Cache, CACHE_INFO_TYPE};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::nix::signing::SecretKey;
 use crate::s3::S3Error;
-use crate::signing::SecretKey;
 use crate::store_url::StoreUrl;
 
 /// The `nix-cache-info` narpush writes.

@@ -6,8 +6,8 @@
 
 use crate::cache::Cache;
 use crate::error::{Error, Result};
-use crate::pathinfo::LocalNix;
-use crate::store_path::StorePath;
+use crate::nix::local::LocalNix;
+use crate::nix::store_path::StorePath;
 use std::process::{Command, Stdio};
 
 /// The content type Nix gives build logs.

@@ -299,9 +299,9 @@ pub fn resolve_store_paths(args: &[PathBuf], store_dir: &str) -> Result<Vec<Stri
             let rest = &s[prefix.len()..];
             format!("{prefix}{}", rest.split('/').next().unwrap_or(rest))
         } else {
-            crate::pathinfo::resolve_user_path(&s, store_dir)?.to_full(store_dir)
+            crate::nix::user_path::resolve_user_path(&s, store_dir)?.to_full(store_dir)
         };
-        crate::store_path::StorePath::from_full_path(store_dir, &full)
+        crate::nix::store_path::StorePath::from_full_path(store_dir, &full)
             .map_err(|e| Error::Usage(format!("'{s}': {e}")))?;
         out.push(full);
     }
@@ -310,7 +310,7 @@ pub fn resolve_store_paths(args: &[PathBuf], store_dir: &str) -> Result<Vec<Stri
 
 /// The store directory: the local Nix's, else `/nix/store`.
 pub fn store_dir() -> String {
-    crate::pathinfo::LocalNix::detect()
+    crate::nix::local::LocalNix::detect()
         .map(|n| n.store_dir)
         .unwrap_or_else(|_| "/nix/store".to_string())
 }

@@ -9,11 +9,11 @@ use crate::cache::Cache;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hashing::HashingWriter;
-use crate::narinfo::NarInfo;
-use crate::pathinfo::LocalNix;
+use crate::nix::local::LocalNix;
+use crate::nix::narinfo::NarInfo;
+use crate::nix::signing::{sig_key_name, PublicKey};
+use crate::nix::store_path::StorePath;
 use crate::push::parallel_map;
-use crate::signing::{sig_key_name, PublicKey};
-use crate::store_path::StorePath;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{self, Read};
@@ -178,7 +178,7 @@ fn check_nar(cache: &Cache, info: &NarInfo) -> std::result::Result<(), (Problem,
             format!(
                 "{} is {file_size} bytes with sha256:{}",
                 info.url,
-                crate::nixbase32::encode(&file_hash)
+                crate::nix::nixbase32::encode(&file_hash)
             ),
         ));
     }
@@ -191,7 +191,7 @@ fn check_nar(cache: &Cache, info: &NarInfo) -> std::result::Result<(), (Problem,
             Problem::NarContentMismatch,
             format!(
                 "decompressed: {nar_size} bytes with sha256:{}",
-                crate::nixbase32::encode(&nar_hash)
+                crate::nix::nixbase32::encode(&nar_hash)
             ),
         ));
     }

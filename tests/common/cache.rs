@@ -3,8 +3,8 @@
 //! references and NAR objects, and closures as the local Nix reports them.
 #![allow(dead_code)]
 
-use narpush::narinfo::NarInfo;
-use narpush::nixbase32;
+use narpush::nix::narinfo::NarInfo;
+use narpush::nix::nixbase32;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -16,12 +16,13 @@ use super::nix::ok;
 pub fn narinfos(dir: &Path) -> BTreeMap<String, NarInfo> {
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
-        let entry = entry.expect("read cache dir entry");
+        let entry = entry.unwrap_or_else(|e| panic!("read {}: {e}", dir.display()));
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.ends_with(".narinfo") {
             continue;
         }
-        let text = std::fs::read_to_string(entry.path()).expect("read narinfo");
+        let text = std::fs::read_to_string(entry.path())
+            .unwrap_or_else(|e| panic!("read {}: {e}", entry.path().display()));
         let info = NarInfo::parse(&text).unwrap_or_else(|e| panic!("{name}: {e}\n{text}"));
         let hash = info
             .store_path
@@ -93,9 +94,11 @@ pub fn snapshot(dir: &Path) -> BTreeMap<String, (u64, std::time::SystemTime)> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir") {
-            let e = e.expect("dir entry");
-            let m = e.metadata().expect("metadata");
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let e = e.unwrap_or_else(|e| panic!("read {}: {e}", d.display()));
+            let m = e
+                .metadata()
+                .unwrap_or_else(|err| panic!("stat {}: {err}", e.path().display()));
             if m.is_dir() {
                 stack.push(e.path());
             } else {

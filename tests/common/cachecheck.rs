@@ -46,7 +46,7 @@ pub fn big_path() -> String {
 /// A fresh signing key file (mode 0600).
 pub fn key_file(dir: &Path) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
-    let k = narpush::signing::SecretKey::generate("narpush-faults-1").unwrap();
+    let k = narpush::nix::signing::SecretKey::generate("narpush-faults-1").unwrap();
     let p = dir.join("key.sec");
     std::fs::write(&p, k.to_file_string()).unwrap();
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -145,7 +145,8 @@ pub fn check_bucket(server: &S3Server, bucket: &str) -> BTreeSet<String> {
         if !name.ends_with(".narinfo") {
             continue;
         }
-        let text = std::fs::read_to_string(e.path()).unwrap();
+        let text = std::fs::read_to_string(e.path())
+            .unwrap_or_else(|err| panic!("cannot read {}: {err}", e.path().display()));
         let field = |k: &str| {
             text.lines()
                 .find_map(|l| l.strip_prefix(&format!("{k}: ")))
@@ -164,7 +165,7 @@ pub fn check_bucket(server: &S3Server, bucket: &str) -> BTreeSet<String> {
         let hash: [u8; 32] = Sha256::digest(&bytes).into();
         assert_eq!(
             field("FileHash"),
-            format!("sha256:{}", narpush::nixbase32::encode(&hash)),
+            format!("sha256:{}", narpush::nix::nixbase32::encode(&hash)),
             "{name}: FileHash disagrees with {url}"
         );
         assert!(field("Sig").contains(':'), "{name} is not signed");

@@ -110,8 +110,8 @@ pub fn age(path: &Path, secs: u64) {
 pub fn age_all(dir: &Path, secs: u64) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read dir") {
-            let e = e.expect("dir entry");
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let e = e.unwrap_or_else(|e| panic!("read {}: {e}", d.display()));
             if e.file_type().unwrap().is_dir() {
                 stack.push(e.path());
             } else {

@@ -26,7 +26,7 @@ fn script() -> PathBuf {
 /// The chroot's root directory; panics, saying how to make it, when it is missing.
 pub fn root() -> PathBuf {
     let d = dir();
-    let ready = std::fs::read_to_string(d.join("ready")).unwrap_or_default();
+    let ready = super::read_if_exists(&d.join("ready"));
     assert!(
         ready.lines().any(|l| l.starts_with("nix ")),
         "no Nix 2.26 chroot at {} (its `ready` marker is missing): make it with \

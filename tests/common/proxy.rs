@@ -101,6 +101,8 @@ pub enum Action {
     /// that never stalls long enough for a read timeout, yet never finishes), then
     /// close; stops early when the client goes away.
     Trickle(String, Duration),
+    /// As `Trickle`, but the first `usize` bytes (the head, say) go at once.
+    TrickleFrom(String, usize, Duration),
 }
 
 pub type Rule = dyn Fn(&Req) -> Action + Send + Sync;
@@ -111,6 +113,14 @@ pub struct Seen {
     pub requests: Vec<Req>,
     /// Requests stalled so far.
     pub stalled: usize,
+    /// Stalled requests the client gave up on (closed its connection), rather than
+    /// being released when the proxy stopped or after `MAX_STALL`: a count that
+    /// says the client's own timeout fired, however loaded the machine.
+    pub stalls_closed_by_client: usize,
+    /// Trickled answers that have ended, and how many of their bytes were sent:
+    /// fewer than the whole answer says the client gave up first.
+    pub trickles_ended: usize,
+    pub trickled_bytes: usize,
 }
 
 struct Shared {
@@ -166,6 +176,11 @@ impl Proxy {
     /// Every request seen so far.
     pub fn requests(&self) -> Vec<Req> {
         self.shared.seen.lock().unwrap().requests.clone()
+    }
+
+    /// Read what the proxy has seen.
+    pub fn with_seen<R>(&self, f: impl FnOnce(&Seen) -> R) -> R {
+        f(&self.shared.seen.lock().unwrap())
     }
 
     /// How many requests are being stalled right now (or were).
@@ -255,19 +270,41 @@ fn read_head(sh: &Shared, s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<Op
     }
 }
 
+/// Write `bytes` one at a time, `pause` apart, until done, stopped, or the client
+/// goes; the bytes sent.
+fn trickle(sh: &Shared, client: &mut TcpStream, bytes: &[u8], pause: Duration) -> usize {
+    for (sent, b) in bytes.iter().enumerate() {
+        if sh.stop.load(Ordering::SeqCst) || client.write_all(&[*b]).is_err() {
+            return sent;
+        }
+        // The one sleep in the proxy: trickling is a matter of time.
+        std::thread::sleep(pause);
+    }
+    bytes.len()
+}
+
+/// Note a trickled answer that ended after `sent` bytes.
+fn trickle_ended(sh: &Shared, sent: usize) {
+    let mut seen = sh.seen.lock().unwrap();
+    seen.trickles_ended += 1;
+    seen.trickled_bytes += sent;
+    sh.changed.notify_all();
+}
+
 /// Read and discard until the client closes (or fails), the proxy stops or `limit`
-/// passes.
-fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) {
+/// passes; true when the client closed (or failed).
+fn until_closed(sh: &Shared, client: &mut TcpStream, limit: Duration) -> bool {
     let start = Instant::now();
     let mut chunk = [0u8; 64 * 1024];
     while !sh.stop.load(Ordering::SeqCst) && start.elapsed() < limit {
         match client.read(&mut chunk) {
-            Ok(0) => return,
+            Ok(0) => return true,
             Ok(_) => {}
             Err(e) if is_timeout(&e) => {}
-            Err(_) => return,
+            Err(_) => return true,
         }
     }
+    false
 }
 
 /// Wait until the client has bytes waiting to be read (or has closed, or failed),
@@ -351,13 +388,18 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
         let action = (sh.rule)(&req);
         match action {
             Action::Trickle(raw, pause) => {
-                for b in raw.as_bytes() {
-                    if sh.stop.load(Ordering::SeqCst) || client.write_all(&[*b]).is_err() {
-                        break;
-                    }
-                    // The one sleep in the proxy: trickling is a matter of time.
-                    std::thread::sleep(pause);
-                }
+                let sent = trickle(sh, &mut client, raw.as_bytes(), pause);
+                trickle_ended(sh, sent);
+                return Ok(());
+            }
+            Action::TrickleFrom(raw, at_once, pause) => {
+                let (head, rest) = raw.as_bytes().split_at(at_once.min(raw.len()));
+                let sent = if client.write_all(head).is_ok() {
+                    head.len() + trickle(sh, &mut client, rest, pause)
+                } else {
+                    0
+                };
+                trickle_ended(sh, sent);
                 return Ok(());
             }
             Action::Respond(raw) => {
@@ -384,7 +426,10 @@ fn serve(sh: &Arc<Shared>, mut client: TcpStream, conn: usize) -> io::Result<()>
             Action::Stall => {
                 sh.seen.lock().unwrap().stalled += 1;
                 sh.changed.notify_all();
-                until_closed(sh, &mut client, MAX_STALL);
+                if until_closed(sh, &mut client, MAX_STALL) {
+                    sh.seen.lock().unwrap().stalls_closed_by_client += 1;
+                    sh.changed.notify_all();
+                }
                 return Ok(());
             }
             Action::Forward | Action::ResetAfter(_) => {}

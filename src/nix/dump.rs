@@ -4,7 +4,7 @@
 //! error names the path it happened to.
 
 use crate::error::{Error, Result};
-use crate::nar::NarEncoder;
+use crate::nix::nar::NarEncoder;
 use std::fs::{self, File};
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;

@@ -189,7 +189,7 @@ mod tests {
         assert_eq!(nar.len(), 512);
         use sha2::Digest;
         assert_eq!(
-            crate::nixbase32::encode(&sha2::Sha256::digest(&nar)),
+            crate::nix::nixbase32::encode(&sha2::Sha256::digest(&nar)),
             "1gw0iwy5wi98nyr8h9s6mhah2h41c2jzn77ggraz28dxy6gn3sxf"
         );
     }

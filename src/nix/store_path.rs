@@ -56,7 +56,7 @@ impl StorePath {
             return Err(ParseError::BadHash(base.to_string()));
         }
         let (hash, name) = (&base[..HASH_LEN], &base[HASH_LEN + 1..]);
-        if !crate::nixbase32::is_nix32(hash) {
+        if !crate::nix::nixbase32::is_nix32(hash) {
             return Err(ParseError::BadHash(base.to_string()));
         }
         if !valid_name(name) {

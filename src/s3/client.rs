@@ -1,17 +1,16 @@
-//! The S3 operations narpush needs, over one ureq `Agent`: objects (HEAD, GET, PUT,
-//! batch DELETE, ListObjectsV2), multipart uploads (create, part, complete, abort,
-//! list) and `StreamingUpload`, which turns a stream of unknown length into one
-//! PutObject or a multipart upload with bounded memory. Every request is signed with
-//! SigV4 over its whole body and sent with a Content-Length (never chunked).
-//! Failures keep S3's XML error (`<Code>`, `<Message>`) with the operation, key,
-//! bucket and endpoint, and transient ones are retried with capped exponential
-//! backoff and full jitter inside a total time budget. Credentials and signatures
-//! never appear in an error or a log line ([`redact_authorization`]).
+//! The S3 client: one ureq `Agent` with pooled connections for one bucket, and the
+//! operations narpush needs: objects (HEAD, GET, ranged GET, PUT, batch DELETE,
+//! ListObjectsV2), multipart uploads (create, part, complete, abort, list) and the
+//! bucket settings `init` writes. Every request is signed with SigV4 over its whole
+//! body and sent with a Content-Length (never chunked). Failures keep S3's XML error
+//! (`<Code>`, `<Message>`) with the operation, key, bucket and endpoint
+//! ([`S3Error`]); transient ones are retried with capped exponential backoff and full
+//! jitter inside a total time budget. Credentials and signatures never appear in an
+//! error or a log line ([`redact_authorization`]).
 
-use crate::creds::Credentials;
-use crate::error::Error;
-use crate::sigv4;
-use crate::store_url::{Endpoint, S3Url, MIN_PART_SIZE};
+use super::error::{S3Error, S3ErrorInfo, S3ErrorKind, TransportKind};
+use super::xml::{self, parse_http_date, parse_iso8601};
+use super::{sigv4, tls, Credentials, Endpoint, Scheme};
 use std::fmt;
 use std::io::Read;
 use std::path::PathBuf;
@@ -19,12 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub use crate::sigv4::redact_authorization;
+pub use super::sigv4::redact_authorization;
 
-/// Most parts a multipart upload may have.
-pub const MAX_PARTS: u64 = 10_000;
-/// Largest part S3 accepts.
-pub const MAX_PART_SIZE: u64 = 5 * 1024 * 1024 * 1024;
 /// Idle connections kept for reuse, at most: more than any sensible `--jobs`; a pool
 /// only ever holds as many as were open at once.
 const POOL_SIZE: usize = 64;
@@ -87,229 +82,6 @@ pub struct S3Config {
     pub trust_file: Option<PathBuf>,
 }
 
-impl S3Config {
-    pub fn from_url(url: &S3Url, creds: Credentials) -> S3Config {
-        S3Config {
-            endpoint: url.endpoint.clone(),
-            bucket: url.bucket.clone(),
-            region: url.region.clone(),
-            path_style: url.path_style(),
-            credentials: creds,
-            retry: RetryPolicy {
-                max_attempts: url.retry_attempts,
-                ..RetryPolicy::default()
-            },
-            connect_timeout: Duration::from_secs(url.connect_timeout),
-            io_timeout: Duration::from_secs(url.io_timeout),
-            idle_timeout: Duration::from_secs(url.idle_timeout),
-            storage_class: url.storage_class.clone(),
-            trust_file: None,
-        }
-    }
-}
-
-/// What went wrong with a request.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum S3ErrorKind {
-    /// The server answered with an error status (or a 200 carrying `<Error>`).
-    Status {
-        status: u16,
-        code: Option<String>,
-        message: Option<String>,
-    },
-    /// No usable answer: connection, TLS, timeout, or the connection dropped.
-    Transport {
-        kind: TransportKind,
-        message: String,
-    },
-    /// An answer we could not make sense of.
-    Protocol(String),
-    /// Misuse detected locally (too many parts, an upload already failed, …).
-    Local(String),
-}
-
-/// Classes of transport failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TransportKind {
-    Dns,
-    Connect,
-    Timeout,
-    /// The server's certificate did not verify.
-    Tls,
-    /// The connection broke mid-request or mid-response.
-    Io,
-    Other,
-}
-
-/// A failed S3 operation, with what it was done to. Boxed so that `Result`s stay
-/// small; the fields are reached through `Deref` (`e.operation`, `e.kind`, …).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct S3Error(pub Box<S3ErrorInfo>);
-
-impl std::ops::Deref for S3Error {
-    type Target = S3ErrorInfo;
-    fn deref(&self) -> &S3ErrorInfo {
-        &self.0
-    }
-}
-
-impl From<S3ErrorInfo> for S3Error {
-    fn from(info: S3ErrorInfo) -> S3Error {
-        S3Error(Box::new(info))
-    }
-}
-
-/// The details of an [`S3Error`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct S3ErrorInfo {
-    pub operation: &'static str,
-    pub key: Option<String>,
-    pub bucket: String,
-    /// `scheme://host[:port]`.
-    pub endpoint: String,
-    pub kind: S3ErrorKind,
-    /// Attempts made (1 when not retried).
-    pub attempts: u32,
-    /// Time spent, retries included.
-    pub elapsed: Duration,
-}
-
-/// S3 error codes worth retrying.
-const TRANSIENT_CODES: &[&str] = &[
-    "SlowDown",
-    "RequestTimeout",
-    "InternalError",
-    "ServiceUnavailable",
-    "OperationAborted",
-];
-
-impl S3Error {
-    /// Worth retrying: 5xx (but 501 Not Implemented), 429, throttling/timeouts,
-    /// dropped connections.
-    pub fn is_transient(&self) -> bool {
-        match &self.kind {
-            S3ErrorKind::Status { status, code, .. } => {
-                (*status >= 500 && *status != 501 && code.as_deref() != Some("NotImplemented"))
-                    || *status == 429
-                    || code
-                        .as_deref()
-                        .is_some_and(|c| TRANSIENT_CODES.contains(&c))
-            }
-            S3ErrorKind::Transport { kind, .. } => {
-                matches!(
-                    kind,
-                    TransportKind::Connect | TransportKind::Timeout | TransportKind::Io
-                )
-            }
-            S3ErrorKind::Protocol(_) | S3ErrorKind::Local(_) => false,
-        }
-    }
-
-    /// The HTTP status, if the server answered.
-    pub fn status(&self) -> Option<u16> {
-        match &self.kind {
-            S3ErrorKind::Status { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// The S3 error code (`NoSuchBucket`, …), if any.
-    pub fn code(&self) -> Option<&str> {
-        match &self.kind {
-            S3ErrorKind::Status { code, .. } => code.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// Recover an `S3Error` carried in an `io::Error` (from `StreamingUpload`'s
-    /// `Write`), or give the `io::Error` back.
-    pub fn from_io(e: std::io::Error) -> Result<S3Error, std::io::Error> {
-        if !e.get_ref().is_some_and(|i| i.is::<S3Error>()) {
-            return Err(e);
-        }
-        let kind = e.kind();
-        match e.into_inner().map(|i| i.downcast::<S3Error>()) {
-            Some(Ok(s3)) => Ok(*s3),
-            Some(Err(other)) => Err(std::io::Error::new(kind, other)),
-            None => Err(std::io::Error::from(kind)),
-        }
-    }
-
-    fn hint(&self) -> Option<&'static str> {
-        match &self.kind {
-            S3ErrorKind::Status { status, code, .. } => match code.as_deref() {
-                Some("SignatureDoesNotMatch") => Some("check the secret key"),
-                // s3s answers NotSignedUp for an access key it does not know.
-                Some("InvalidAccessKeyId") | Some("NotSignedUp") => Some("check the access key id"),
-                Some("NoSuchBucket") => Some("create the bucket or fix the store URL"),
-                Some("AccessDenied") => {
-                    Some("check the access key and the bucket policy or permissions it has")
-                }
-                Some("RequestTimeTooSkewed") => Some("check this machine's clock"),
-                Some("InvalidPart") | Some("InvalidPartOrder") => {
-                    Some("the uploaded parts did not match; retry the push")
-                }
-                Some("PermanentRedirect") | Some("AuthorizationHeaderMalformed") => {
-                    Some("check region= in the store URL")
-                }
-                _ if *status == 301 || *status == 307 => Some("check region= in the store URL"),
-                _ => None,
-            },
-            S3ErrorKind::Transport { kind: TransportKind::Tls, .. } => Some(
-                "if the server uses a private CA, point SSL_CERT_FILE or NIX_SSL_CERT_FILE at its PEM file",
-            ),
-            S3ErrorKind::Transport { kind: TransportKind::Connect, .. } => {
-                Some("check that the server is running and endpoint= is right")
-            }
-            S3ErrorKind::Transport { kind: TransportKind::Dns, .. } => {
-                Some("check the host name in endpoint=")
-            }
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for S3Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.operation)?;
-        if let Some(k) = &self.key {
-            write!(f, " {k}")?;
-        }
-        write!(f, " on bucket '{}' at {}: ", self.bucket, self.endpoint)?;
-        match &self.kind {
-            S3ErrorKind::Status {
-                status,
-                code,
-                message,
-            } => {
-                write!(f, "HTTP {status}")?;
-                if let Some(c) = code {
-                    write!(f, " {c}")?;
-                }
-                if let Some(m) = message.as_deref().filter(|m| !m.is_empty()) {
-                    write!(f, ": {}", m.trim_end_matches('.'))?;
-                }
-            }
-            S3ErrorKind::Transport { message, .. } => f.write_str(message)?,
-            S3ErrorKind::Protocol(m) | S3ErrorKind::Local(m) => f.write_str(m)?,
-        }
-        if self.attempts > 1 {
-            write!(
-                f,
-                " (after {} attempts in {:.1}s)",
-                self.attempts,
-                self.elapsed.as_secs_f64()
-            )?;
-        }
-        if let Some(h) = self.hint() {
-            write!(f, "; {h}")?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for S3Error {}
-
 /// An S3 client for one bucket; cheap to clone and shareable across threads.
 #[derive(Clone)]
 pub struct Client {
@@ -371,12 +143,12 @@ struct Call<'a> {
 }
 
 impl Client {
-    pub fn new(cfg: S3Config) -> Result<Client, Error> {
+    pub fn new(cfg: S3Config) -> Result<Client, tls::TrustError> {
         let tls = match cfg.endpoint.scheme {
-            crate::store_url::Scheme::Https => ureq::tls::TlsConfig::builder()
-                .root_certs(crate::tls::root_certs_with(cfg.trust_file.as_deref())?)
+            Scheme::Https => ureq::tls::TlsConfig::builder()
+                .root_certs(tls::root_certs_with(cfg.trust_file.as_deref())?)
                 .build(),
-            crate::store_url::Scheme::Http => ureq::tls::TlsConfig::default(),
+            Scheme::Http => ureq::tls::TlsConfig::default(),
         };
         // Connections are reused while idle for less than `idle_timeout` (a server or
         // a NAT box may drop one silently after that); 0 turns reuse off. Every read
@@ -632,24 +404,20 @@ impl Client {
     /// All `(key, size)` under `prefix`, following continuation tokens.
     pub fn list_objects_v2(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
         let mut out = Vec::new();
-        self.list_objects_pages(prefix, &mut |page| {
+        self.list_objects_pages::<S3Error>(prefix, &mut |page| {
             out.extend(page.into_iter().map(|o| (o.key, o.size)));
             Ok(())
-        })
-        .map_err(|e| match e {
-            Error::S3(e) => e,
-            other => self.protocol_for("ListObjectsV2", &other.to_string()),
         })?;
         Ok(out)
     }
 
     /// Every object under `prefix`, one page (up to 1000) at a time, so a listing of
     /// any size needs one page of memory; `page` may stop the listing with an error.
-    pub fn list_objects_pages(
+    pub fn list_objects_pages<E: From<S3Error>>(
         &self,
         prefix: &str,
-        page: &mut dyn FnMut(Vec<ObjectEntry>) -> Result<(), Error>,
-    ) -> Result<(), Error> {
+        page: &mut dyn FnMut(Vec<ObjectEntry>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut token: Option<String> = None;
         loop {
             let mut query = vec![("list-type", "2"), ("prefix", prefix)];
@@ -764,7 +532,6 @@ impl Client {
 
     /// Delete keys, 1000 per request; a key that does not exist is not an error.
     pub fn delete_objects(&self, keys: &[String]) -> Result<(), S3Error> {
-        use md5::Digest;
         for batch in keys.chunks(1000) {
             let mut body = String::from(
                 "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>",
@@ -773,17 +540,13 @@ impl Client {
                 body.push_str(&format!("<Object><Key>{}</Key></Object>", xml::escape(k)));
             }
             body.push_str("</Delete>");
-            let md5 = crate::encoding::base64_encode(&md5::Md5::digest(body.as_bytes()));
-            let headers = [
-                ("content-type", "application/xml"),
-                ("content-md5", md5.as_str()),
-            ];
+            let md5 = content_md5(&body);
             let call = Call {
                 op: "DeleteObjects",
                 key: None,
                 method: "POST",
                 query: &[("delete", "")],
-                headers: &headers,
+                headers: &xml_headers(&md5),
                 body: body.as_bytes(),
                 patience: None,
             };
@@ -922,37 +685,24 @@ impl Client {
     /// PutBucketLifecycleConfiguration with this `<LifecycleConfiguration>` (XML).
     /// S3 requires Content-MD5 here, as for DeleteObjects.
     pub fn put_bucket_lifecycle(&self, config_xml: &str) -> Result<(), S3Error> {
-        use md5::Digest;
-        let md5 = crate::encoding::base64_encode(&md5::Md5::digest(config_xml.as_bytes()));
-        let headers = [
-            ("content-type", "application/xml"),
-            ("content-md5", md5.as_str()),
-        ];
+        let md5 = content_md5(config_xml);
         let call = Call {
             op: "PutBucketLifecycleConfiguration",
             key: None,
             method: "PUT",
             query: &[("lifecycle", "")],
-            headers: &headers,
+            headers: &xml_headers(&md5),
             body: config_xml.as_bytes(),
             patience: None,
         };
         self.execute(&call).map(drop)
     }
 
-    fn protocol_for(&self, op: &'static str, what: &str) -> S3Error {
-        S3ErrorInfo {
-            kind: S3ErrorKind::Protocol(format!("unexpected answer: {what}")),
-            ..self.error_for(op, None)
-        }
-        .into()
-    }
-
     fn error_base(&self, call: &Call<'_>) -> S3ErrorInfo {
         self.error_for(call.op, call.key)
     }
 
-    fn error_for(&self, operation: &'static str, key: Option<&str>) -> S3ErrorInfo {
+    pub(super) fn error_for(&self, operation: &'static str, key: Option<&str>) -> S3ErrorInfo {
         S3ErrorInfo {
             operation,
             key: key.map(str::to_string),
@@ -1151,8 +901,14 @@ impl Client {
         let limit = if ok { u64::MAX } else { MAX_ERROR_BODY };
         let mut body = Vec::new();
         if call.method != "HEAD" {
+            let length = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+            let wait = call.patience.unwrap_or(cfg.io_timeout);
+            let deadline = Instant::now() + body_deadline(wait, length.unwrap_or(limit));
             let reader = resp.into_body().into_reader();
-            if let Err(e) = reader.take(limit).read_to_end(&mut body) {
+            if let Err(e) = read_until(reader.take(limit), &mut body, deadline) {
                 let kind = if e.kind() == std::io::ErrorKind::TimedOut
                     || e.kind() == std::io::ErrorKind::WouldBlock
                 {
@@ -1206,6 +962,54 @@ impl Client {
             retry_after,
         )
     }
+}
+
+/// The slowest average rate an answer's body may arrive at, after the first
+/// `io-timeout`: a server that trickles a byte now and then never trips a per-read
+/// timeout, so the whole body gets a deadline too.
+const MIN_BODY_RATE: u64 = 32 * 1024;
+
+/// How long a body of `len` bytes (or at most `len`, when the server did not say)
+/// may take to arrive: `wait` plus `len` at [`MIN_BODY_RATE`].
+fn body_deadline(wait: Duration, len: u64) -> Duration {
+    let len = len.min(1 << 40);
+    wait + Duration::from_millis(len.saturating_mul(1000) / MIN_BODY_RATE)
+}
+
+/// `read_to_end` that fails with `TimedOut` once `deadline` has passed (checked
+/// after every read, so it is late by at most one per-read timeout).
+fn read_until(mut r: impl Read, out: &mut Vec<u8>, deadline: Instant) -> std::io::Result<()> {
+    let mut buf = [0u8; 64 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "the body arrived slower than {} KiB/s",
+                    MIN_BODY_RATE / 1024
+                ),
+            ));
+        }
+    }
+}
+
+/// Base64 MD5 of an XML body, for the Content-MD5 header that S3 requires on
+/// DeleteObjects and PutBucketLifecycleConfiguration (without it, or a checksum
+/// header that Garage rejects, AWS refuses them).
+fn content_md5(body: &str) -> String {
+    use md5::Digest;
+    crate::encoding::base64_encode(&md5::Md5::digest(body.as_bytes()))
+}
+
+/// The headers of an XML request body with its Content-MD5.
+fn xml_headers(md5: &str) -> [(&'static str, &str); 2] {
+    [("content-type", "application/xml"), ("content-md5", md5)]
 }
 
 /// Whether rustls refused the server's certificate somewhere in this source chain.
@@ -1329,356 +1133,6 @@ fn transport_kind(t: &ureq::Error) -> S3ErrorKind {
     S3ErrorKind::Transport { kind, message }
 }
 
-/// The part size for a stream of about `expected_len` bytes: at least `min_part`
-/// (and S3's 5 MiB), grown in whole MiB so the stream fits in 10,000 parts.
-pub fn part_size_for(expected_len: u64, min_part: usize) -> usize {
-    const MIB: u64 = 1024 * 1024;
-    let min = (min_part as u64).max(MIN_PART_SIZE);
-    let needed = expected_len.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
-    needed.max(min).min(MAX_PART_SIZE) as usize
-}
-
-/// What [`StreamingUpload::on_create`] calls: `f(key, upload_id)`.
-pub type OnCreate = Box<dyn FnMut(&str, &str) + Send>;
-
-/// Streams one object of unknown length with bounded memory: buffers up to part_size;
-/// if the stream ends before the buffer fills, a single PutObject; otherwise a multipart
-/// upload whose parts are all exactly part_size except the last (Cloudflare R2 needs that),
-/// growing part_size up front from `expected_len` so there are never more than 10,000 parts.
-/// Any error, or dropping it unfinished, aborts the multipart upload (no orphans).
-/// The key should be this upload's own (narpush adds a random part): a completion
-/// whose answer was lost is recognised by an object of exactly the streamed size.
-pub struct StreamingUpload {
-    client: Client,
-    key: String,
-    content_type: &'static str,
-    part_size: usize,
-    buf: Vec<u8>,
-    upload_id: Option<String>,
-    parts: Vec<(u32, String)>,
-    /// The number of the last part handed to the sender.
-    next_part: u32,
-    total: u64,
-    failed: Option<S3Error>,
-    finished: bool,
-    /// Called with the key and upload id right after CreateMultipartUpload.
-    on_create: Option<OnCreate>,
-    /// The threads that upload full parts while the next one fills, so compressing
-    /// and sending overlap (memory: the parts in flight and the one filling).
-    sender: Option<PartSender>,
-    /// How many parts may be in flight at once ([`parts_in_flight`]).
-    in_flight: usize,
-}
-
-/// Memory for one upload's parts (those in flight and the one filling): with the at
-/// most four large NARs a push sends at once, 64 MiB in all.
-const PART_MEMORY: usize = 16 << 20;
-
-/// Parts in flight at once for `part_size`: as many as fit in [`PART_MEMORY`] beside
-/// the one filling, at least one. Over a slow link they go up side by side; when the
-/// compressor is the slower side, there is only ever one to send anyway.
-pub fn parts_in_flight(part_size: usize) -> usize {
-    (PART_MEMORY / part_size.max(1)).saturating_sub(1).max(1)
-}
-
-type PartResult = Result<Vec<(u32, String)>, S3Error>;
-
-/// Threads taking full parts from a rendezvous channel (a part is handed over only
-/// when a thread is free) and uploading them; after a failure the others stop taking
-/// parts, so the writer learns of it at its next part.
-struct PartSender {
-    tx: std::sync::mpsc::SyncSender<(u32, Vec<u8>)>,
-    handles: Vec<std::thread::JoinHandle<PartResult>>,
-}
-
-impl PartSender {
-    fn start(client: Client, key: String, upload_id: String, threads: usize) -> PartSender {
-        use std::sync::atomic::AtomicBool;
-        use std::sync::Mutex;
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(u32, Vec<u8>)>(0);
-        let rx = Arc::new(Mutex::new(rx));
-        let failed = Arc::new(AtomicBool::new(false));
-        let handles = (0..threads.max(1))
-            .map(|_| {
-                let (client, key, id) = (client.clone(), key.clone(), upload_id.clone());
-                let (rx, failed) = (rx.clone(), failed.clone());
-                std::thread::spawn(move || {
-                    let mut parts = Vec::new();
-                    loop {
-                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
-                        let Ok((n, body)) = next else { break };
-                        if failed.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        match client.upload_part(&key, &id, n, &body) {
-                            Ok(etag) => parts.push((n, etag)),
-                            Err(e) => {
-                                failed.store(true, Ordering::SeqCst);
-                                return Err(e);
-                            }
-                        }
-                    }
-                    Ok(parts)
-                })
-            })
-            .collect();
-        PartSender { tx, handles }
-    }
-
-    /// Wait for the parts sent so far; their numbers and ETags in order, or the first
-    /// error.
-    fn join(self) -> PartResult {
-        drop(self.tx);
-        let mut parts = Vec::new();
-        let mut first_error = None;
-        for h in self.handles {
-            match h
-                .join()
-                .unwrap_or_else(|_| panic!("part upload thread panicked"))
-            {
-                Ok(p) => parts.extend(p),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => {
-                parts.sort_by_key(|(n, _)| *n);
-                Ok(parts)
-            }
-        }
-    }
-}
-
-impl StreamingUpload {
-    pub fn new(
-        client: &Client,
-        key: String,
-        content_type: &'static str,
-        part_size: usize,
-        expected_len: u64,
-    ) -> StreamingUpload {
-        let part_size = part_size_for(expected_len, part_size);
-        StreamingUpload {
-            client: client.clone(),
-            key,
-            content_type,
-            part_size,
-            buf: Vec::new(),
-            upload_id: None,
-            parts: Vec::new(),
-            next_part: 0,
-            total: 0,
-            failed: None,
-            finished: false,
-            on_create: None,
-            sender: None,
-            in_flight: parts_in_flight(part_size),
-        }
-    }
-
-    /// Call `f(key, upload_id)` once the multipart upload is created (to journal it).
-    pub fn on_create(&mut self, f: OnCreate) {
-        self.on_create = Some(f);
-    }
-
-    /// The part size in use.
-    pub fn part_size(&self) -> usize {
-        self.part_size
-    }
-
-    /// Upload what is buffered and complete; returns the object's size.
-    pub fn finish(self) -> Result<u64, S3Error> {
-        let (total, key) = (self.total, self.key.clone());
-        self.finish_as(&key).map(|_| total)
-    }
-
-    /// Like [`finish`](Self::finish), but a stream that fit in one part is put under
-    /// `single_key` (a name that could only be known at the end, such as the hash of
-    /// the content); returns the key the object has.
-    pub fn finish_as(mut self, single_key: &str) -> Result<String, S3Error> {
-        if let Some(e) = self.failed.take() {
-            return Err(e);
-        }
-        let key = if self.upload_id.is_some() {
-            self.key.clone()
-        } else {
-            single_key.to_string()
-        };
-        let result = match self.upload_id.clone() {
-            None => self.client.put_object(&key, &self.buf, self.content_type),
-            Some(id) => {
-                let r = if self.buf.is_empty() {
-                    Ok(())
-                } else {
-                    self.upload_buffered()
-                };
-                r.and_then(|()| self.wait_for_parts()).and_then(|()| {
-                    let done = self.client.complete_multipart_upload_of(
-                        &self.key,
-                        &id,
-                        &self.parts,
-                        self.total,
-                    );
-                    match done {
-                        // An attempt whose answer was lost (a timeout while the server
-                        // assembled the object) may have completed it: a retry then
-                        // finds no such upload. The key is this upload's own, so an
-                        // object of exactly our size under it is ours.
-                        Err(_)
-                            if self.client.head_object(&self.key).ok().flatten()
-                                == Some(self.total) =>
-                        {
-                            Ok(())
-                        }
-                        other => other,
-                    }
-                })
-            }
-        };
-        match result {
-            Ok(()) => {
-                self.finished = true;
-                Ok(key)
-            }
-            Err(e) => {
-                self.abort_quietly();
-                Err(e)
-            }
-        }
-    }
-
-    /// Give up, aborting any multipart upload.
-    pub fn abort(mut self) {
-        self.abort_quietly();
-    }
-
-    fn abort_quietly(&mut self) {
-        self.finished = true;
-        if let Some(sender) = self.sender.take() {
-            // Let a part in flight end before the abort, or it could outlive it.
-            let _ = sender.join();
-        }
-        if let Some(id) = self.upload_id.take() {
-            // Best effort: the upload failed already; its error is the one to report.
-            let _ = self.client.abort_multipart_upload(&self.key, &id);
-        }
-    }
-
-    /// Wait until every part handed over so far is uploaded (their ETags are then in
-    /// `parts`); the first failure among them is the error.
-    fn wait_for_parts(&mut self) -> Result<(), S3Error> {
-        if let Some(sender) = self.sender.take() {
-            let done = sender.join()?;
-            self.parts.extend(done);
-        }
-        Ok(())
-    }
-
-    fn upload_buffered(&mut self) -> Result<(), S3Error> {
-        let id = match &self.upload_id {
-            Some(id) => id.clone(),
-            None => {
-                let id = self
-                    .client
-                    .create_multipart_upload(&self.key, self.content_type)?;
-                self.upload_id = Some(id.clone());
-                if let Some(f) = &mut self.on_create {
-                    f(&self.key, &id);
-                }
-                id
-            }
-        };
-        self.next_part += 1;
-        let n = self.next_part;
-        if u64::from(n) > MAX_PARTS {
-            return Err(S3ErrorInfo {
-                kind: S3ErrorKind::Local(format!(
-                    "the stream needs more than {MAX_PARTS} parts of {} bytes; the expected length given was too small",
-                    self.part_size
-                )),
-                ..self.client.error_for("UploadPart", Some(&self.key))
-            }
-            .into());
-        }
-        let threads = self.in_flight;
-        let sender = self.sender.get_or_insert_with(|| {
-            PartSender::start(self.client.clone(), self.key.clone(), id.clone(), threads)
-        });
-        let body = std::mem::take(&mut self.buf);
-        if sender.tx.send((n, body)).is_err() {
-            // The thread stopped at a failed part: that failure is the error.
-            let failed = self.sender.take().map(PartSender::join);
-            return Err(match failed {
-                Some(Err(e)) => e,
-                _ => S3ErrorInfo {
-                    kind: S3ErrorKind::Local("the part upload thread stopped".into()),
-                    ..self.client.error_for("UploadPart", Some(&self.key))
-                }
-                .into(),
-            });
-        }
-        Ok(())
-    }
-}
-
-impl std::io::Write for StreamingUpload {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if let Some(e) = &self.failed {
-            return Err(std::io::Error::other(e.clone()));
-        }
-        if data.is_empty() {
-            return Ok(0);
-        }
-        // A full buffer is sent only once more data arrives, so a stream of exactly
-        // one part is a single PutObject.
-        if self.buf.len() == self.part_size {
-            if let Err(e) = self.upload_buffered() {
-                self.abort_quietly();
-                self.failed = Some(e.clone());
-                return Err(std::io::Error::other(e));
-            }
-        }
-        let n = data.len().min(self.part_size - self.buf.len());
-        // Grow by doubling but never past one part, so memory stays at part_size.
-        let need = self.buf.len() + n;
-        if need > self.buf.capacity() {
-            let target = (self.buf.capacity() * 2)
-                .max(need)
-                .max(64 * 1024)
-                .min(self.part_size);
-            self.buf.reserve_exact(target - self.buf.len());
-        }
-        self.buf.extend_from_slice(&data[..n]);
-        self.total += n as u64;
-        Ok(n)
-    }
-
-    /// Waits for the parts already handed to the upload thread (the part still
-    /// filling stays buffered: S3 parts are all one size).
-    fn flush(&mut self) -> std::io::Result<()> {
-        if let Some(e) = &self.failed {
-            return Err(std::io::Error::other(e.clone()));
-        }
-        if let Err(e) = self.wait_for_parts() {
-            self.abort_quietly();
-            self.failed = Some(e.clone());
-            return Err(std::io::Error::other(e));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for StreamingUpload {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.abort_quietly();
-        }
-    }
-}
-
 /// One object of a bucket listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectEntry {
@@ -1688,181 +1142,10 @@ pub struct ObjectEntry {
     pub last_modified: i64,
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn unix_time(y: i64, mo: i64, d: i64, h: i64, mi: i64, s: i64) -> Option<i64> {
-    let ok = (1..=12).contains(&mo)
-        && (1..=31).contains(&d)
-        && (0..24).contains(&h)
-        && (0..60).contains(&mi)
-        && (0..=60).contains(&s);
-    ok.then(|| days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + s)
-}
-
-/// `2026-12-03T07:57:44.000Z` (ListObjectsV2's LastModified) to Unix seconds.
-pub fn parse_iso8601(t: &str) -> Option<i64> {
-    let t = t.trim();
-    let num = |r: std::ops::Range<usize>| t.get(r)?.parse::<i64>().ok();
-    if t.len() < 19 || &t[4..5] != "-" || &t[7..8] != "-" || &t[13..14] != ":" {
-        return None;
-    }
-    unix_time(
-        num(0..4)?,
-        num(5..7)?,
-        num(8..10)?,
-        num(11..13)?,
-        num(14..16)?,
-        num(17..19)?,
-    )
-}
-
-/// `Thu, 03 Dec 2026 07:57:44 GMT` (an HTTP date, as in Last-Modified) to Unix seconds.
-pub fn parse_http_date(t: &str) -> Option<i64> {
-    let mut w = t.split_whitespace().skip(1);
-    let d = w.next()?.parse().ok()?;
-    let months = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let mon = w.next()?;
-    let mo = months.iter().position(|m| m.eq_ignore_ascii_case(mon))? as i64 + 1;
-    let y = w.next()?.parse().ok()?;
-    let mut hms = w.next()?.split(':').map(|x| x.parse::<i64>().ok());
-    let (h, mi, s) = (hms.next()??, hms.next()??, hms.next()??);
-    unix_time(y, mo, d, h, mi, s)
-}
-
-/// Just enough XML for S3's answers: the text of the first `<Tag>…</Tag>` and the
-/// bodies of repeated blocks, with the five predefined entities decoded.
-mod xml {
-    pub fn blocks<'a>(s: &'a str, tag: &str) -> Vec<&'a str> {
-        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
-        let mut out = Vec::new();
-        let mut rest = s;
-        while let Some(i) = rest.find(&open) {
-            let after = &rest[i + open.len()..];
-            let Some(j) = after.find(&close) else { break };
-            out.push(&after[..j]);
-            rest = &after[j + close.len()..];
-        }
-        out
-    }
-
-    pub fn text(s: &str, tag: &str) -> Option<String> {
-        blocks(s, tag).first().map(|t| unescape(t))
-    }
-
-    pub fn unescape(s: &str) -> String {
-        s.replace("&lt;", "<")
-            .replace("&gt;", ">")
-            .replace("&quot;", "\"")
-            .replace("&apos;", "'")
-            .replace("&#34;", "\"")
-            .replace("&amp;", "&")
-    }
-
-    pub fn escape(s: &str) -> String {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-            .replace('\'', "&apos;")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn err(kind: S3ErrorKind) -> S3Error {
-        S3Error::from(S3ErrorInfo {
-            operation: "PutObject",
-            key: Some("nar/abc.nar.zst".into()),
-            bucket: "nix-cache".into(),
-            endpoint: "http://127.0.0.1:9000".into(),
-            kind,
-            attempts: 1,
-            elapsed: Duration::ZERO,
-        })
-    }
-
-    fn status(status: u16, code: &str) -> S3ErrorKind {
-        S3ErrorKind::Status {
-            status,
-            code: Some(code.into()),
-            message: Some("msg.".into()),
-        }
-    }
-
-    #[test]
-    fn display_is_one_line_with_hint() {
-        let e = err(S3ErrorKind::Status {
-            status: 403,
-            code: Some("SignatureDoesNotMatch".into()),
-            message: Some(
-                "The request signature we calculated does not match the signature you provided."
-                    .into(),
-            ),
-        });
-        assert_eq!(
-            e.to_string(),
-            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: HTTP 403 SignatureDoesNotMatch: \
-             The request signature we calculated does not match the signature you provided; check the secret key"
-        );
-        let mut e = err(S3ErrorKind::Transport {
-            kind: TransportKind::Connect,
-            message: "cannot connect: Connection refused (os error 111)".into(),
-        });
-        e.0.attempts = 5;
-        e.0.elapsed = Duration::from_millis(2500);
-        assert_eq!(
-            e.to_string(),
-            "PutObject nar/abc.nar.zst on bucket 'nix-cache' at http://127.0.0.1:9000: cannot connect: Connection refused (os error 111) \
-             (after 5 attempts in 2.5s); check that the server is running and endpoint= is right"
-        );
-        assert!(err(status(404, "NoSuchBucket"))
-            .to_string()
-            .ends_with("; create the bucket or fix the store URL"));
-        assert!(err(status(403, "AccessDenied"))
-            .to_string()
-            .contains("policy"));
-    }
-
-    #[test]
-    fn what_is_transient() {
-        for k in [
-            status(500, "InternalError"),
-            status(503, "SlowDown"),
-            status(429, "TooMany"),
-            status(400, "RequestTimeout"),
-        ] {
-            assert!(err(k).is_transient());
-        }
-        for k in [
-            status(403, "SignatureDoesNotMatch"),
-            status(403, "AccessDenied"),
-            status(404, "NoSuchBucket"),
-            status(400, "InvalidPart"),
-        ] {
-            assert!(!err(k).is_transient());
-        }
-        let t = |kind| {
-            err(S3ErrorKind::Transport {
-                kind,
-                message: String::new(),
-            })
-            .is_transient()
-        };
-        assert!(t(TransportKind::Connect) && t(TransportKind::Timeout) && t(TransportKind::Io));
-        assert!(!t(TransportKind::Tls) && !t(TransportKind::Dns));
-    }
+    use crate::s3::StreamingUpload;
 
     #[test]
     fn tls_failures_are_the_rustls_certificate_error_not_text() {
@@ -1891,6 +1174,35 @@ mod tests {
     }
 
     #[test]
+    fn a_body_gets_the_io_timeout_plus_its_length_at_the_slowest_rate() {
+        let wait = Duration::from_secs(30);
+        assert_eq!(body_deadline(wait, 0), wait);
+        assert_eq!(
+            body_deadline(wait, 32 * 1024),
+            wait + Duration::from_secs(1)
+        );
+        // An 8 MiB range (verify) may take 256 s more; no length overflows.
+        assert_eq!(
+            body_deadline(wait, 8 << 20),
+            wait + Duration::from_secs(256)
+        );
+        assert!(body_deadline(wait, u64::MAX) > Duration::from_secs(1 << 20));
+    }
+
+    #[test]
+    fn reading_past_the_deadline_times_out_but_a_finished_body_does_not() {
+        let mut out = Vec::new();
+        let past = Instant::now() - Duration::from_secs(1);
+        let e = read_until(&b"abc"[..], &mut out, past).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+        let mut out = Vec::new();
+        read_until(&b""[..], &mut out, past).unwrap();
+        let later = Instant::now() + Duration::from_secs(60);
+        read_until(&b"abc"[..], &mut out, later).unwrap();
+        assert_eq!(out, b"abc");
+    }
+
+    #[test]
     fn backoff_is_capped_full_jitter() {
         let p = RetryPolicy::default();
         assert_eq!(p.backoff(1, 0.0), Duration::ZERO);
@@ -1903,49 +1215,10 @@ mod tests {
         assert_eq!(p.backoff(100, 1.0), Duration::from_secs(5));
     }
 
-    #[test]
-    fn part_sizes() {
-        const MIB: usize = 1024 * 1024;
-        assert_eq!(part_size_for(0, 0), 5 * MIB);
-        assert_eq!(part_size_for(1 << 30, 8 * MIB), 8 * MIB);
-        // 100 GiB / 10,000 = 10.24 MiB -> 11 MiB.
-        assert_eq!(part_size_for(100 << 30, 5 * MIB), 11 * MIB);
-        assert!(((100u64 << 30).div_ceil(part_size_for(100 << 30, 5 * MIB) as u64)) <= MAX_PARTS);
-        assert_eq!(part_size_for(u64::MAX, 5 * MIB), 5 << 30);
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(parse_iso8601("1970-01-01T00:00:00.000Z"), Some(0));
-        assert_eq!(
-            parse_iso8601("2026-12-03T07:57:44.000Z"),
-            Some(1_796_284_664)
-        );
-        assert_eq!(parse_iso8601("2000-02-29T12:00:00Z"), Some(951_825_600));
-        assert_eq!(
-            parse_http_date("Thu, 03 Dec 2026 07:57:44 GMT"),
-            Some(1_796_284_664)
-        );
-        assert_eq!(parse_iso8601("yesterday"), None);
-        assert_eq!(parse_http_date("Thu, 03 Foo 2026 07:57:44 GMT"), None);
-    }
-
-    #[test]
-    fn xml_bits() {
-        let body = "<?xml version=\"1.0\"?><Error><Code>NoSuchKey</Code><Message>a &amp; b &lt;c&gt;</Message>\
-                    <KeyMarker>x</KeyMarker><Key>k</Key></Error>";
-        assert_eq!(xml::text(body, "Code").as_deref(), Some("NoSuchKey"));
-        assert_eq!(xml::text(body, "Message").as_deref(), Some("a & b <c>"));
-        assert_eq!(xml::text(body, "Key").as_deref(), Some("k"));
-        let list = "<Contents><Key>a</Key><Size>1</Size></Contents><Contents><Key>b</Key><Size>2</Size></Contents>";
-        assert_eq!(xml::blocks(list, "Contents").len(), 2);
-        assert_eq!(xml::escape("\"e&t\""), "&quot;e&amp;t&quot;");
-    }
-
     fn client(path_style: bool, port: u16) -> Client {
         Client::new(S3Config {
             endpoint: Endpoint {
-                scheme: crate::store_url::Scheme::Http,
+                scheme: Scheme::Http,
                 host: "s3.example".into(),
                 port,
             },
@@ -1995,13 +1268,5 @@ mod tests {
         fn assert_send<T: Send>() {}
         assert_send::<StreamingUpload>();
         assert_send_sync::<S3Error>();
-    }
-
-    #[test]
-    fn io_error_round_trip() {
-        let e = err(status(500, "InternalError"));
-        let io = std::io::Error::other(e.clone());
-        assert_eq!(S3Error::from_io(io).unwrap(), e);
-        assert!(S3Error::from_io(std::io::Error::other("x")).is_err());
     }
 }

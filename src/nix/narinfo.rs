@@ -6,7 +6,7 @@
 //! FileSize, NarHash, NarSize, References, Deriver, Sig…, CA. Every line is
 //! `Key: value\n`; `References: ` keeps its space when empty.
 
-use crate::nixbase32;
+use crate::nix::nixbase32;
 use std::fmt::Write as _;
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,10 +5,21 @@
 //! or holds no certificates is an error naming it. There is deliberately no way to
 //! turn certificate verification off.
 
-use crate::error::Error;
 use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::path::{Path, PathBuf};
 use ureq::tls::{Certificate, RootCerts};
+
+/// A CA bundle that cannot be used, with what to do about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustError(pub String);
+
+impl std::fmt::Display for TrustError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TrustError {}
 
 /// The bundle paths tried after the environment variables, in order.
 pub const SYSTEM_BUNDLES: &[&str] = &[
@@ -52,7 +63,7 @@ pub fn trust_source(
 
 /// Load the roots of `source`. A named file must exist and hold at least one usable
 /// certificate; a system bundle that yields none falls back to webpki-roots.
-pub fn root_certs(source: &TrustSource) -> Result<RootCerts, Error> {
+pub fn root_certs(source: &TrustSource) -> Result<RootCerts, TrustError> {
     let (path, named) = match source {
         TrustSource::WebpkiRoots => return Ok(RootCerts::WebPki),
         TrustSource::Named { var, path } => (path, Some(*var)),
@@ -62,10 +73,10 @@ pub fn root_certs(source: &TrustSource) -> Result<RootCerts, Error> {
         Some(var) => format!("CA bundle {} (from {var})", path.display()),
         None => format!("CA bundle {}", path.display()),
     };
-    let pem = std::fs::read(path).map_err(|e| Error::Other(format!("read {what}: {e}")))?;
+    let pem = std::fs::read(path).map_err(|e| TrustError(format!("read {what}: {e}")))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<_, _>>()
-        .map_err(|e| Error::Other(format!("{what} is not valid PEM: {e}")))?;
+        .map_err(|e| TrustError(format!("{what} is not valid PEM: {e}")))?;
     // Keep what rustls can use as a trust anchor, as it would when building its store.
     let usable: Vec<Certificate<'static>> = certs
         .iter()
@@ -77,7 +88,7 @@ pub fn root_certs(source: &TrustSource) -> Result<RootCerts, Error> {
         .collect();
     if usable.is_empty() {
         if named.is_some() {
-            return Err(Error::Other(format!(
+            return Err(TrustError(format!(
                 "{what} holds no usable CA certificates; point it at a PEM bundle"
             )));
         }
@@ -88,7 +99,7 @@ pub fn root_certs(source: &TrustSource) -> Result<RootCerts, Error> {
 
 /// The roots for an HTTPS S3 endpoint, from the process environment. `trust_file`,
 /// when given, replaces the environment lookup (the S3 configuration names one).
-pub fn root_certs_with(trust_file: Option<&Path>) -> Result<RootCerts, Error> {
+pub fn root_certs_with(trust_file: Option<&Path>) -> Result<RootCerts, TrustError> {
     let source = match trust_file {
         Some(p) => TrustSource::Named {
             var: "the S3 configuration",

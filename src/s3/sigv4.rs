@@ -5,7 +5,7 @@
 //! and no checksum headers are added (Garage rejects them). HMAC-SHA256 (RFC 2104)
 //! is written here on `sha2`.
 
-use crate::creds::Credentials;
+use super::Credentials;
 use crate::encoding::hex_encode;
 use sha2::{Digest, Sha256};
 
