@@ -24,7 +24,9 @@
 //! schedules each chunk on the shared link and queues it; the writer sleeps until the
 //! chunk's delivery time and writes it), so a slow receiver holds up only its own
 //! connection, and nothing spins: every thread blocks in read, write, a condition
-//! variable or a sleep until the next delivery.
+//! variable or a sleep until the next delivery. Without delay and cap (the request
+//! counter) each direction is one thread that writes what it reads. Threads are kept for
+//! the next connection when theirs ends.
 //!
 //! ```text
 //! cargo build --release --example netproxy
@@ -36,7 +38,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use std::{env, fs, process, thread};
 
@@ -166,6 +168,11 @@ impl Link {
         }
         s.bytes += n as u64;
         at
+    }
+
+    /// No delay and no cap: chunks go on as soon as they are read.
+    fn is_instant(&self) -> bool {
+        self.rate == 0.0 && self.one_way.is_zero()
     }
 
     fn bytes(&self) -> u64 {
@@ -318,6 +325,28 @@ fn read_side(
     pipe.ready.notify_one();
 }
 
+/// Copies `src` to `dst` as it comes, through a link without delay or cap (a plain relay
+/// such as the request counter): no queue, no writer thread. Keeps reading after a
+/// failed write, so the counters still see the whole stream.
+fn relay(mut src: TcpStream, mut dst: TcpStream, link: &Link, mut counter: Option<HttpCounter>) {
+    let mut buf = vec![0; CHUNK];
+    let mut broken = false;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        };
+        if let Some(c) = counter.as_mut() {
+            c.feed(&buf[..n]);
+        }
+        link.schedule(Instant::now(), n);
+        broken = broken || dst.write_all(&buf[..n]).is_err();
+    }
+    let _ = dst.shutdown(Shutdown::Write);
+}
+
 /// Writes each queued chunk to `dst` at its delivery time; at the reader's end, shuts
 /// down the sending half of `dst` so the far side sees the end too.
 fn write_side(mut dst: TcpStream, pipe: &Pipe) {
@@ -363,14 +392,64 @@ struct Proxy {
     limit: usize,
     count_http: bool,
     stats: Arc<Mutex<Stats>>,
+    pool: Arc<Pool>,
 }
 
-fn spawn(f: impl FnOnce() + Send + 'static) -> bool {
-    let spawned = thread::Builder::new().stack_size(THREAD_STACK).spawn(f);
-    if let Err(e) = &spawned {
-        eprintln!("netproxy: cannot start a thread: {e}");
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Threads that outlive their connection and take the next one's work: starting four
+/// threads per connection cost more CPU than moving its bytes when every request opened
+/// a connection.
+struct Pool {
+    /// Workers blocked on `queue`, less the jobs sent to them and not taken yet.
+    idle: Mutex<usize>,
+    jobs: mpsc::Sender<Job>,
+    queue: Mutex<mpsc::Receiver<Job>>,
+}
+
+impl Pool {
+    fn new() -> Arc<Pool> {
+        let (jobs, queue) = mpsc::channel();
+        Arc::new(Pool {
+            idle: Mutex::new(0),
+            jobs,
+            queue: Mutex::new(queue),
+        })
     }
-    spawned.is_ok()
+
+    /// Runs `job` on an idle worker, or on a new one; false if no thread could start.
+    fn run(self: &Arc<Pool>, job: impl FnOnce() + Send + 'static) -> bool {
+        let job: Job = Box::new(job);
+        {
+            let mut idle = lock(&self.idle);
+            if *idle > 0 {
+                *idle -= 1;
+                return self.jobs.send(job).is_ok();
+            }
+        }
+        let pool = self.clone();
+        let spawned = thread::Builder::new()
+            .stack_size(THREAD_STACK)
+            .spawn(move || {
+                job();
+                pool.work();
+            });
+        if let Err(e) = &spawned {
+            eprintln!("netproxy: cannot start a thread: {e}");
+        }
+        spawned.is_ok()
+    }
+
+    fn work(&self) {
+        loop {
+            *lock(&self.idle) += 1;
+            let job = lock(&self.queue).recv();
+            match job {
+                Ok(job) => job(),
+                Err(_) => return,
+            }
+        }
+    }
 }
 
 /// One client connection: connect upstream, then run the four sides.
@@ -382,17 +461,27 @@ fn handle(proxy: Arc<Proxy>, client: TcpStream) {
     };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
-    let clones = (|| Ok::<_, std::io::Error>((client.try_clone()?, server.try_clone()?)))();
-    let Ok((client_w, server_w)) = clones else {
-        return;
-    };
-    let upward = Arc::new(Pipe::new(proxy.limit));
-    let downward = Arc::new(Pipe::new(proxy.limit));
     let counter = proxy.count_http.then(|| HttpCounter {
         stats: proxy.stats.clone(),
         head: Vec::new(),
         body_left: 0,
     });
+    let clones = (|| Ok::<_, std::io::Error>((client.try_clone()?, server.try_clone()?)))();
+    let Ok((client_w, server_w)) = clones else {
+        return;
+    };
+    if proxy.up.is_instant() {
+        let p = proxy.clone();
+        if !proxy
+            .pool
+            .run(move || relay(server, client_w, &p.down, None))
+        {
+            return;
+        }
+        return relay(client, server_w, &proxy.up, counter);
+    }
+    let upward = Arc::new(Pipe::new(proxy.limit));
+    let downward = Arc::new(Pipe::new(proxy.limit));
     // If a thread cannot start, ending both sockets ends the sides already running.
     let give_up = |c: &TcpStream, s: &TcpStream| {
         let _ = c.shutdown(Shutdown::Both);
@@ -400,15 +489,18 @@ fn handle(proxy: Arc<Proxy>, client: TcpStream) {
     };
     let (p, d, s) = (proxy.clone(), downward.clone(), server.try_clone());
     let Ok(s) = s else { return };
-    if !spawn(move || read_side(s, &d, &p.down, None, Instant::now())) {
+    if !proxy
+        .pool
+        .run(move || read_side(s, &d, &p.down, None, Instant::now()))
+    {
         return give_up(&client, &server);
     }
     let d = downward;
-    if !spawn(move || write_side(client_w, &d)) {
+    if !proxy.pool.run(move || write_side(client_w, &d)) {
         return give_up(&client, &server);
     }
     let u = upward.clone();
-    if !spawn(move || write_side(server_w, &u)) {
+    if !proxy.pool.run(move || write_side(server_w, &u)) {
         return give_up(&client, &server);
     }
     read_side(client, &upward, &proxy.up, counter, opened);
@@ -501,6 +593,7 @@ fn main() {
         limit,
         count_http: o.count_http,
         stats: Arc::default(),
+        pool: Pool::new(),
     });
     let listener = TcpListener::bind(("127.0.0.1", o.listen)).unwrap_or_else(|e| {
         eprintln!(
@@ -519,7 +612,7 @@ fn main() {
         match client {
             Ok(client) => {
                 let p = proxy.clone();
-                spawn(move || handle(p, client));
+                proxy.pool.run(move || handle(p, client));
             }
             Err(e) => {
                 eprintln!("netproxy: accept: {e}");
