@@ -287,6 +287,27 @@ impl Pipe {
     }
 }
 
+/// The next chunk of `src` into `buf`, shown to the counter; None at the end or an error.
+fn read_chunk(
+    src: &mut TcpStream,
+    buf: &mut [u8],
+    counter: &mut Option<HttpCounter>,
+) -> Option<usize> {
+    loop {
+        match src.read(buf) {
+            Ok(0) => return None,
+            Ok(n) => {
+                if let Some(c) = counter.as_mut() {
+                    c.feed(&buf[..n]);
+                }
+                return Some(n);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Reads `src` and queues each chunk with its delivery time on `link`, none before
 /// `not_before`; stops reading while `limit` bytes wait, so flow control reaches the sender.
 fn read_side(
@@ -304,15 +325,9 @@ fn read_side(
                 s = pipe.room.wait(s).unwrap_or_else(PoisonError::into_inner);
             }
         }
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => break,
+        let Some(n) = read_chunk(&mut src, &mut buf, &mut counter) else {
+            break;
         };
-        if let Some(c) = counter.as_mut() {
-            c.feed(&buf[..n]);
-        }
         let at = link.schedule(Instant::now().max(not_before), n);
         let mut s = lock(&pipe.state);
         if !s.broken {
@@ -331,16 +346,7 @@ fn read_side(
 fn relay(mut src: TcpStream, mut dst: TcpStream, link: &Link, mut counter: Option<HttpCounter>) {
     let mut buf = vec![0; CHUNK];
     let mut broken = false;
-    loop {
-        let n = match src.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        };
-        if let Some(c) = counter.as_mut() {
-            c.feed(&buf[..n]);
-        }
+    while let Some(n) = read_chunk(&mut src, &mut buf, &mut counter) {
         link.schedule(Instant::now(), n);
         broken = broken || dst.write_all(&buf[..n]).is_err();
     }
