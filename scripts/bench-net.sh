@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What users feel over a real link: narpush pushing to s3s-fs behind TLS (stunnel, with a
-# CA made here) and a loopback link emulator (bench/netproxy.py: a round-trip delay and
+# CA made here) and a loopback link emulator (examples/netproxy.rs: a round-trip delay and
 # a shared bandwidth cap each way; netem is not available in this kernel). For each
 # workload and configuration: wall time, narpush's CPU time (user + system), requests
 # sent, TCP connections opened, peak RSS, and the floor (the round trips that cannot be avoided x RTT / requests in flight
@@ -14,6 +14,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NARPUSH=${NARPUSH:-$PWD/target/release/narpush}
+# The link emulator and request counter, in Rust so that it takes little of the CPU
+# narpush needs (the measuring chain shares the cores; its CPU time is reported below).
+NETPROXY=${CARGO_TARGET_DIR:-$PWD/target}/release/examples/netproxy
 S3S=${NARPUSH_S3S_FS:-$PWD/.tools/bin/s3s-fs}
 RTT=${BENCH_RTT_MS:-25}
 MBIT=${BENCH_MBIT:-100}
@@ -32,6 +35,8 @@ export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret-key
 for t in stunnel openssl python3; do
   command -v "$t" >/dev/null || { echo "bench-net: $t is missing; run 'make deps'" >&2; exit 1; }
 done
+
+${CARGO:-cargo} build --release --quiet --example netproxy
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {
@@ -74,15 +79,28 @@ stunnel "$work/stunnel.conf" >"$work/stunnel.log" 2>&1 &
 pids+=($!)
 wait_port "$tls_port" stunnel
 
+# CPU time (user + system, with reaped children) a process has used, in clock ticks.
+cpu_ticks() {
+  local s
+  s=$(<"/proc/$1/stat")
+  s=${s##*) } # fields from the 3rd on; comm may hold spaces
+  # shellcheck disable=SC2086
+  set -- $s
+  echo $((${12} + ${13} + ${14} + ${15}))
+}
+proxy_ticks=0 narpush_cpu=0
+chain_t0=$(( $(cpu_ticks "${pids[0]}") + $(cpu_ticks "${pids[1]}") ))
+
 # Start the two proxies for one measurement; stop_proxies leaves their counters in
-# $work/link.json and $work/count.json.
+# $work/link.json and $work/count.json (each proxy writes them and exits once its
+# stop file exists).
 start_proxies() {
-  rm -f "$work"/link.json "$work"/count.json "$work"/link.port "$work"/count.port
-  python3 bench/netproxy.py --upstream "127.0.0.1:$s3port" --listen "$count_port" \
-    --count-http --stats "$work/count.json" &
+  rm -f "$work"/link.json "$work"/count.json "$work"/link.port "$work"/link.stop "$work"/count.stop
+  "$NETPROXY" --upstream "127.0.0.1:$s3port" --listen "$count_port" \
+    --count-http --stats "$work/count.json" --stop-file "$work/count.stop" &
   count_pid=$!
-  python3 bench/netproxy.py --upstream "127.0.0.1:$tls_port" --rtt-ms "$RTT" --mbit "$MBIT" \
-    --stats "$work/link.json" --port-file "$work/link.port" &
+  "$NETPROXY" --upstream "127.0.0.1:$tls_port" --rtt-ms "$RTT" --mbit "$MBIT" \
+    --stats "$work/link.json" --port-file "$work/link.port" --stop-file "$work/link.stop" &
   link_pid=$!
   pids+=("$count_pid" "$link_pid")
   for _ in $(seq 200); do [ -s "$work/link.port" ] && break; sleep 0.05; done
@@ -90,8 +108,11 @@ start_proxies() {
   wait_port "$count_port" counter
 }
 stop_proxies() {
-  kill -TERM "$link_pid" "$count_pid"
+  proxy_ticks=$((proxy_ticks + $(cpu_ticks "$link_pid") + $(cpu_ticks "$count_pid")))
+  touch "$work/link.stop" "$work/count.stop"
   wait "$link_pid" "$count_pid" 2>/dev/null || true
+  [ -s "$work/link.json" ] && [ -s "$work/count.json" ] ||
+    { echo "bench-net: the link emulator left no counters" >&2; exit 1; }
 }
 json() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 
@@ -123,6 +144,7 @@ row() { # WORKLOAD CONFIG BUCKET NARPUSH-ARGS...; FLIGHT: requests in flight at 
   floor=$(awk -v r="$reqs" -v p="$FLIGHT" -v rtt="$RTT" -v b="$up" -v m="$MBIT" \
     'BEGIN { printf "%.2f", r * rtt / 1000 / p + b * 8 / (m * 1e6) }')
   cpu=$(awk -v u="$user" -v s="$sys" 'BEGIN { printf "%.2f", u + s }')
+  narpush_cpu=$(awk -v a="$narpush_cpu" -v c="$cpu" 'BEGIN { printf "%.2f", a + c }')
   printf '%-32s %-10s %8.2f %6s %9s %6s %8d %8s\n' "$wl" "$cfg" "$wall" "$cpu" "$reqs" "$conns" $((rss / 1024)) "$floor"
 }
 
@@ -154,6 +176,11 @@ for cfg in 0.1 now; do
   row "$(basename "$BIG_SRC") ($((bigsize >> 20)) MiB NAR), zstd" "$cfg" "$bucket" --jobs "$jobs" "$big"
   rm -rf "${work:?}/s3/$bucket"
 done
+
+# What shared the cores with narpush during the runs above.
+chain_t1=$(( $(cpu_ticks "${pids[0]}") + $(cpu_ticks "${pids[1]}") ))
+awk -v p="$proxy_ticks" -v c="$((chain_t1 - chain_t0))" -v hz="$(getconf CLK_TCK)" -v n="$narpush_cpu" \
+  'BEGIN { printf "measuring chain CPU s over these runs: %.2f (link emulator and counter %.2f, stunnel and s3s-fs %.2f); narpush %.2f\n", (p + c) / hz, p / hz, c / hz, n }'
 
 # Fixed costs on loopback (no proxy, no TLS): one small path, new and already cached.
 mkdir -p "$work/s3/local" "$work/one"
