@@ -1,21 +1,22 @@
-//! The commands, from a resolved [`Config`] to an exit code: `push` (by hand or as
-//! Nix's post-build hook), `retry` and `keygen`, and opening the cache a [`Target`]
-//! names for them; everything they need was resolved by `config`. This is where the
+//! The commands, from a resolved [`Config`] to an exit code: `push` by hand, and as
+//! Nix's post-build hook (queueing for the pusher, or pushing before it exits with
+//! `--wait`), `retry` and `keygen`; everything they need was resolved by `config`,
+//! and the pusher, `flush` and `status` live in `pusher`. This is where the
 //! never-wedge-a-build policy lives: which paths a hook queues or pushes (pure
 //! functions, tested below), and in hook mode a failure is reported in one line per
 //! path, the paths are recorded in the pending list, and the exit code is 0 unless
 //! `--strict`.
 
-use crate::cache::Cache;
-use crate::config::{Command, Config, HookEnv, Target};
+use crate::config::{Command, Config, HookEnv};
 use crate::error::{Error, Result};
 use crate::nix::local::LocalNix;
 use crate::nix::signing::SecretKey;
 use crate::nix::store_path::StorePath;
 use crate::nix::user_path::resolve_user_path;
 use crate::pending::PendingList;
-use crate::push::{self, human_bytes, Event, Outcome, PushOptions, Report};
-use crate::store_url::StoreUrl;
+use crate::push;
+use crate::queue::{self, Pusher};
+use crate::session::{logger, open_target, summary};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -32,7 +33,7 @@ pub fn run(config: Config) -> Result<i32> {
         }
         Command::Keygen { name, out } => keygen(name, out),
         Command::Push { paths, hook } => match (push_mode(hook.as_ref(), config.wait), hook) {
-            (PushMode::Queue, Some(h)) => crate::pusher::run_queue_hook(&config, h),
+            (PushMode::Queue, Some(h)) => run_queue_hook(&config, h),
             (PushMode::HookWait, Some(h)) => run_hook(&config, h),
             _ => run_push(&config, paths),
         },
@@ -78,136 +79,6 @@ fn keygen(name: &str, out: &Path) -> Result<i32> {
     Ok(0)
 }
 
-/// An open cache and the options a push needs, from the configuration.
-pub(crate) struct Opened {
-    pub(crate) cache: Cache,
-    pub(crate) opts: PushOptions,
-}
-
-/// Open the [`Cache`] `target` names: for S3, a client with the credentials read now,
-/// failing fast once the server is unreachable, and (`journal`, the state directory
-/// of a push) the upload journal there, whose stale uploads are aborted now.
-pub(crate) fn open_cache(target: &Target, journal: Option<&Path>) -> Result<Cache> {
-    Ok(match &target.url {
-        StoreUrl::File { dir, .. } => Cache::File { dir: dir.clone() },
-        StoreUrl::S3(s3) => {
-            let creds = target.credentials.read()?;
-            let client = crate::s3::Client::new(s3.client_config(creds))?;
-            client.fail_fast_after_outage();
-            let journal = journal.map(|dir| crate::uploads::Journal::new(dir, client.describe()));
-            let cache = Cache::S3 {
-                client,
-                part_size: s3.part_size as usize,
-                journal,
-            };
-            cache.abort_stale_uploads();
-            cache
-        }
-    })
-}
-
-/// Open the cache to push to, with the signing keys loaded.
-pub(crate) fn open_target(config: &Config) -> Result<Opened> {
-    let target = config.target()?;
-    let compression = config.compression()?;
-    let mut keys = Vec::new();
-    for path in &target.key_files {
-        let (key, warning) = SecretKey::load(path)?;
-        if let Some(w) = warning {
-            eprintln!("narpush: warning: {w}");
-        }
-        keys.push(key);
-    }
-    if keys.is_empty() && !config.quiet {
-        eprintln!(
-            "narpush: warning: no signing key (--key-file); clients with require-sigs accept these paths only through signatures they already carry"
-        );
-    }
-    let cache = open_cache(target, Some(&config.state_dir))?;
-    let opts = PushOptions {
-        compression: compression.method,
-        level: compression.level,
-        keys,
-        deps: config.deps,
-        upstream_keys: config.upstream_keys.clone(),
-        jobs: config.jobs,
-        compression_threads: config.compression_threads as u32,
-        progress: !config.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        exclude: config.exclude.clone(),
-    };
-    Ok(Opened { cache, opts })
-}
-
-/// The per-path lines, as they happen.
-pub(crate) fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
-    move |ev: &Event| match ev {
-        Event::Pushed {
-            path,
-            nar_size,
-            file_size,
-            compression,
-            elapsed,
-        } if !config.quiet => {
-            println!(
-                "pushed {path}: {} → {} {} in {:.1} s",
-                human_bytes(*nar_size),
-                human_bytes(*file_size),
-                compression.name(),
-                elapsed.as_secs_f64()
-            );
-        }
-        Event::Present { path } if config.verbose => {
-            println!("skipped {path}: already in the cache")
-        }
-        Event::Upstream { path } if config.verbose => {
-            println!("skipped {path}: signed by an upstream cache")
-        }
-        Event::Excluded { path, pattern } if config.verbose => {
-            println!("skipped {path}: excluded by '{pattern}'")
-        }
-        Event::Failed { path, error } => eprintln!("narpush: failed {path}: {error}"),
-        _ => {}
-    }
-}
-
-pub(crate) fn summary(config: &Config, report: &Report, cache: &Cache) {
-    if config.quiet {
-        return;
-    }
-    let pushed = report.count(|o| matches!(o, Outcome::Pushed { .. }));
-    let present = report.count(|o| matches!(o, Outcome::Present));
-    let failed = report.count(|o| matches!(o, Outcome::Failed(_)));
-    let (nar, file) = report
-        .outcomes
-        .iter()
-        .fold((0, 0), |(n, f), (_, o)| match o {
-            Outcome::Pushed {
-                nar_size,
-                file_size,
-                ..
-            } => (n + nar_size, f + file_size),
-            _ => (n, f),
-        });
-    let mut line = format!(
-        "narpush: {pushed} pushed ({} → {})",
-        human_bytes(nar),
-        human_bytes(file)
-    );
-    line += &format!(", {present} already cached");
-    if !report.upstream.is_empty() {
-        line += &format!(", {} left to upstream", report.upstream.len());
-    }
-    if failed > 0 {
-        line += &format!(", {failed} failed");
-    }
-    line += &format!(
-        " in {:.1} s to {}",
-        report.elapsed.as_secs_f64(),
-        cache.describe()
-    );
-    println!("{line}");
-}
-
 fn resolve_args(paths: &[PathBuf], store_dir: &str) -> Result<Vec<StorePath>> {
     paths
         .iter()
@@ -250,6 +121,47 @@ fn without_excluded(config: &Config, roots: Vec<StorePath>, store_dir: &str) -> 
         eprintln!("narpush: {line}");
     }
     kept
+}
+
+/// The hook, queueing: append the outputs Nix named (or `DRV_PATH` when it named
+/// none) to the queue, make sure a pusher runs, print one line, exit 0. No `nix`
+/// process, no network, no NAR read.
+fn run_queue_hook(config: &Config, hook: &HookEnv) -> Result<i32> {
+    let (entries, skipped, ignored) = queue_request(hook, &config.exclude, &|p| p.exists());
+    if !config.quiet {
+        for line in skipped {
+            println!("narpush: {line}");
+        }
+    }
+    for line in ignored {
+        eprintln!("narpush: {line}");
+    }
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let list = PendingList::open(&config.state_dir)?;
+    list.append(&entries)?;
+    let who = queue::ensure_pusher(
+        &config.state_dir,
+        config.spawn_pusher,
+        config.config_file.as_deref(),
+    );
+    let n = entries.len();
+    let paths = if n == 1 { "path" } else { "paths" };
+    match who {
+        Ok(Pusher::Started(pid)) | Ok(Pusher::Running(Some(pid))) => {
+            println!("narpush: queued {n} {paths}; pusher {pid} running")
+        }
+        Ok(Pusher::Running(None)) => println!("narpush: queued {n} {paths}; pusher running"),
+        Ok(Pusher::Service) => {
+            println!("narpush: queued {n} {paths}; the narpush-pusher service pushes them")
+        }
+        Err(e) => {
+            // Queued all the same: the next hook, flush or the retry timer pushes them.
+            eprintln!("narpush: queued {n} {paths}, but could not start a pusher: {e}");
+        }
+    }
+    Ok(0)
 }
 
 /// How `push` runs: by hand (paths given), or as Nix's post-build hook, which queues

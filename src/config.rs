@@ -62,7 +62,7 @@ pub enum Command {
     /// Print the version and exit 0.
     Version,
     /// `init`, `verify` or `gc`.
-    Life(crate::life::LifeCommand),
+    Life(crate::cli::life::LifeCommand),
 }
 
 /// What Nix tells a `post-build-hook`.
@@ -419,7 +419,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         RawCommand::Flush => {
             let timeout = match &args.timeout {
                 Some(t) => Some(
-                    crate::queue::parse_duration(t)
+                    crate::duration::parse(t)
                         .map_err(|e| Error::Usage(format!("--timeout {e}")))?,
                 ),
                 None => None,
@@ -430,7 +430,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         RawCommand::Status => {
             let max_age = match &args.max_age {
                 Some(t) => Some(
-                    crate::queue::parse_duration(t)
+                    crate::duration::parse(t)
                         .map_err(|e| Error::Usage(format!("--max-age {e}")))?,
                 ),
                 None => None,
@@ -689,7 +689,7 @@ fn resolve_as(args: Args, env: &dyn Fn(&str) -> Option<String>, root: bool) -> R
         .collect::<Result<_>>()?;
 
     let duration = |d: &str, from: &str, sep: &str| {
-        crate::queue::parse_duration(d).map_err(|e| Error::Usage(format!("{from}{sep}{e}")))
+        crate::duration::parse(d).map_err(|e| Error::Usage(format!("{from}{sep}{e}")))
     };
     config.give_up_after = match (
         args.give_up_after,

@@ -1,5 +1,5 @@
-//! Working the queue: the background pusher (`narpush pusher`), `flush`, `retry`
-//! (one pass) and `status`, plus the hook's queueing mode. A *pass* takes the listed
+//! Working the queue the hook fills (`app`): the background pusher (`narpush
+//! pusher`), `flush`, `retry` (one pass) and `status`. A *pass* takes the listed
 //! entries, turns each into store paths (a derivation queued for Nix 2.8's empty
 //! `OUT_PATHS` stands for its valid outputs), pushes them with the push scheduler
 //! (reference order), and takes each entry off once all its paths are in the cache.
@@ -9,8 +9,8 @@
 //! without progress, leaving the list for the next hook or the retry timer. How it
 //! exits without losing a path queued meanwhile is `queue.rs`'s protocol.
 
-use crate::app::{logger, open_target, summary};
-use crate::config::{Config, HookEnv};
+use crate::config::Config;
+use crate::duration::human as human_duration;
 use crate::error::{Error, Result};
 use crate::glob::first_match;
 use crate::nix::local::LocalNix;
@@ -18,7 +18,8 @@ use crate::nix::store_path::StorePath;
 use crate::pending::PendingList;
 use crate::push::{self, human_bytes, Event};
 use crate::pushlog::PushLog;
-use crate::queue::{self, human_duration, Pusher, PusherGuard, PusherState};
+use crate::queue::{self, PusherGuard, PusherState};
+use crate::session::{logger, open_target, summary};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
@@ -26,48 +27,6 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 
 /// Longest wait between passes while the cache is unreachable.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-
-/// The hook, queueing: append the outputs Nix named (or `DRV_PATH` when it named
-/// none) to the queue, make sure a pusher runs, print one line, exit 0. No `nix`
-/// process, no network, no NAR read.
-pub fn run_queue_hook(config: &Config, hook: &HookEnv) -> Result<i32> {
-    let (entries, skipped, ignored) =
-        crate::app::queue_request(hook, &config.exclude, &|p| p.exists());
-    if !config.quiet {
-        for line in skipped {
-            println!("narpush: {line}");
-        }
-    }
-    for line in ignored {
-        eprintln!("narpush: {line}");
-    }
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let list = PendingList::open(&config.state_dir)?;
-    list.append(&entries)?;
-    let who = queue::ensure_pusher(
-        &config.state_dir,
-        config.spawn_pusher,
-        config.config_file.as_deref(),
-    );
-    let n = entries.len();
-    let paths = if n == 1 { "path" } else { "paths" };
-    match who {
-        Ok(Pusher::Started(pid)) | Ok(Pusher::Running(Some(pid))) => {
-            println!("narpush: queued {n} {paths}; pusher {pid} running")
-        }
-        Ok(Pusher::Running(None)) => println!("narpush: queued {n} {paths}; pusher running"),
-        Ok(Pusher::Service) => {
-            println!("narpush: queued {n} {paths}; the narpush-pusher service pushes them")
-        }
-        Err(e) => {
-            // Queued all the same: the next hook, flush or the retry timer pushes them.
-            eprintln!("narpush: queued {n} {paths}, but could not start a pusher: {e}");
-        }
-    }
-    Ok(0)
-}
 
 /// What one pass left in the queue, and why.
 struct Pass {

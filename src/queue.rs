@@ -283,62 +283,6 @@ impl PusherState {
     }
 }
 
-/// `90`, `90s`, `15m`, `15min`, `2h`, `1d`, `2w`, `500ms`, or several run together
-/// (`1h30m`): every duration narpush reads (flags, environment, config file).
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let bad = || {
-        format!(
-            "'{s}' is not a duration; write e.g. 90s, 15min, 2h or 1d (a bare number is seconds)"
-        )
-    };
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(n) = t.parse::<u64>() {
-        return Ok(Duration::from_secs(n));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = t;
-    while !rest.is_empty() {
-        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest.len()
-            - rest
-                .trim_start_matches(|c: char| c.is_ascii_alphabetic())
-                .len();
-        let unit = &rest[..unit_len];
-        rest = rest[unit_len..].trim_start();
-        let ms = match unit {
-            "ms" => 1,
-            "s" | "sec" | "secs" => 1000,
-            "m" | "min" | "mins" => 60_000,
-            "h" | "hr" | "hour" | "hours" => 3_600_000,
-            "d" | "day" | "days" => 86_400_000,
-            "w" | "week" | "weeks" => 7 * 86_400_000,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_millis(n.checked_mul(ms).ok_or_else(bad)?);
-    }
-    Ok(total)
-}
-
-/// `2h 5m`, `3m 10s`, `42s`, `0.3s`.
-pub fn human_duration(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        0 => format!("{:.1}s", d.as_secs_f64()),
-        1..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m {}s", s / 60, s % 60),
-        3600..=86_399 => format!("{}h {}m", s / 3600, s % 3600 / 60),
-        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,25 +292,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         std::fs::create_dir_all(&d).unwrap();
         d
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("15min"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
-        assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(14 * 86_400)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        for bad in ["", "m", "5 parsecs", "-3s", "1.5h"] {
-            let e = parse_duration(bad).unwrap_err();
-            assert!(e.contains("not a duration"), "{e}");
-        }
-        assert_eq!(human_duration(Duration::from_secs(3725)), "1h 2m");
-        assert_eq!(human_duration(Duration::from_secs(190)), "3m 10s");
-        assert_eq!(human_duration(Duration::from_secs(42)), "42s");
     }
 
     #[test]

@@ -394,7 +394,7 @@ pub fn run(a: &GcArgs, config: &Config) -> Result<i32> {
     say(format!(
         "gc: {kept} paths kept ({roots} roots: pushed within {} or kept); {verb} {n_narinfos} \
          narinfos, {n_nars} NARs, {n_logs} logs, {aborted} incomplete uploads; {} {} in {}",
-        super::human_duration(a.older_than),
+        crate::duration::human_age(a.older_than),
         if a.dry_run { "would free" } else { "freed" },
         human_bytes(freed),
         cache.describe()

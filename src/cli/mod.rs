@@ -9,6 +9,8 @@
 //! also come from the environment or the config file (compression names, ranges,
 //! conflicts with file values) is validated once, in `config`.
 
+pub mod life;
+
 use std::ffi::OsString;
 use std::path::PathBuf;
 
@@ -76,7 +78,7 @@ pub enum RawCommand {
     /// `--version`, `-V`.
     Version,
     /// `init`, `verify` or `gc` (see `life`).
-    Life(crate::life::LifeCommand),
+    Life(life::LifeCommand),
     /// The help text of `init`, `verify` or `gc`.
     LifeHelp(&'static str),
 }
@@ -158,9 +160,9 @@ pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Args> {
             return Ok(Args::new(RawCommand::Help(Topic::General)))
         }
         Some("-V" | "--version") => return Ok(Args::new(RawCommand::Version)),
-        Some(name) if crate::life::is_command(name) => {
+        Some(name) if life::is_command(name) => {
             let name = args.remove(0);
-            return crate::life::parse_args(&name.to_string_lossy(), args);
+            return life::parse_args(&name.to_string_lossy(), args);
         }
         Some(name) => match Topic::from_name(name) {
             Some(topic) => {
@@ -373,10 +375,8 @@ fn parse_help(parser: &mut lexopt::Parser) -> Result<Args> {
             Value(v) if !seen => {
                 seen = true;
                 let name = v.to_string_lossy();
-                if crate::life::is_command(&name) {
-                    return Ok(Args::new(RawCommand::LifeHelp(crate::life::help_text(
-                        &name,
-                    ))));
+                if life::is_command(&name) {
+                    return Ok(Args::new(RawCommand::LifeHelp(life::help_text(&name))));
                 }
                 which = Topic::from_name(&name).ok_or_else(|| {
                     usage(
