@@ -118,7 +118,9 @@ pub fn in_root(root: &Path, store_path: &str) -> std::path::PathBuf {
 /// For a cache written by one process: every narinfo was written after its NAR
 /// object and after the narinfos of its references (file modification times, which
 /// s3s-fs sets when it stores an object), so no reader ever saw a narinfo whose
-/// closure was incomplete.
+/// closure was incomplete. Paths with the same contents share one NAR object, which
+/// each of their pushes writes again (same bytes): its last write must come before
+/// the last of their narinfos.
 pub fn check_upload_order(dir: &Path) {
     let mtime = |p: &Path| {
         std::fs::metadata(p)
@@ -127,19 +129,28 @@ pub fn check_upload_order(dir: &Path) {
     };
     let narinfo_file =
         |base: &str| dir.join(format!("{}.narinfo", base.split('-').next().unwrap()));
+    let mut sharers: std::collections::BTreeMap<String, Vec<(String, std::time::SystemTime)>> =
+        std::collections::BTreeMap::new();
     for (path, info) in narinfos(dir) {
         let base = path.rsplit('/').next().unwrap();
         let me = mtime(&narinfo_file(base));
-        assert!(
-            mtime(&dir.join(&info.url)) <= me,
-            "{path}: narinfo written before its NAR {}",
-            info.url
-        );
+        sharers
+            .entry(info.url.clone())
+            .or_default()
+            .push((path.clone(), me));
         for r in info.references.iter().filter(|r| *r != base) {
             assert!(
                 mtime(&narinfo_file(r)) <= me,
                 "{path}: narinfo written before that of its reference {r}"
             );
         }
+    }
+    for (url, narinfos) in sharers {
+        let (path, last) = narinfos.iter().max_by_key(|(_, t)| *t).unwrap();
+        assert!(
+            mtime(&dir.join(&url)) <= *last,
+            "{path}: narinfo written before its NAR {url} (shared by {} paths)",
+            narinfos.len()
+        );
     }
 }
