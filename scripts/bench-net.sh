@@ -7,8 +7,8 @@
 # + bytes / bandwidth). Side by side in one run:
 #   0.1            --jobs 2 (0.1's default on 2 cores), a new connection per request
 #                  (idle-timeout=0, what 0.1 did)
-#   no reuse       today's default --jobs 16, a new connection per request
-#   now            today's defaults: --jobs 16, connections reused
+#   no reuse       today's default --jobs 24, a new connection per request
+#   now            today's defaults: --jobs 24, connections reused
 # Inputs: BENCH_RTT_MS (25), BENCH_MBIT (100), BENCH_SMALL (500 small paths),
 # BENCH_BIG_SRC (a directory of real binaries, default /usr/bin), BENCH_LOCAL_RUNS (9).
 set -euo pipefail
@@ -151,8 +151,8 @@ row() { # WORKLOAD CONFIG BUCKET NARPUSH-ARGS...; FLIGHT: requests in flight at 
 for cfg in 0.1 "no reuse" now; do
   case $cfg in
     0.1) jobs=2 URL_EXTRA="&idle-timeout=0" ;;
-    "no reuse") jobs=16 URL_EXTRA="&idle-timeout=0" ;;
-    now) jobs=16 URL_EXTRA="" ;;
+    "no reuse") jobs=24 URL_EXTRA="&idle-timeout=0" ;;
+    now) jobs=24 URL_EXTRA="" ;;
   esac
   bucket="b$(echo "$cfg" | tr -dc a-z0-9)"
   mkdir -p "$work/s3/$bucket"
@@ -167,7 +167,7 @@ done
 for cfg in 0.1 now; do
   case $cfg in
     0.1) jobs=2 URL_EXTRA="&idle-timeout=0" ;;
-    now) jobs=16 URL_EXTRA="" ;;
+    now) jobs=24 URL_EXTRA="" ;;
   esac
   bucket="big$(echo "$cfg" | tr -dc a-z0-9)"
   mkdir -p "$work/s3/$bucket"

@@ -464,7 +464,7 @@ OPTIONS:
                                                         [NARPUSH_COMPRESSION]
     --compression-level N    zstd 1..=22, xz 0..=9 (default: the algorithm's)
                                                   [NARPUSH_COMPRESSION_LEVEL]
-    --jobs N                 paths in flight at once, 1..=1024 (default 16;
+    --jobs N                 paths in flight at once, 1..=1024 (default 24;
                              at most 4 NARs of 1 MiB or more)  [NARPUSH_JOBS]
     --compression-threads N  threads compressing one large NAR, 1..=256
                              (default: cores; xz needs ~100 MiB each)
