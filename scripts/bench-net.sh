@@ -126,6 +126,9 @@ for i in $(seq "$SMALL"); do echo "narpush bench $nonce $i" >"$work/small/p$i"; 
 mapfile -t small < <(cd "$work/small" && nix-store --add $(ls))
 big=$(nix-store --add "$BIG_SRC")
 bigsize=$(nix-store -q --size "$big")
+# The inputs reach the disk before the clock starts: otherwise the kernel writes the
+# big path back while the first rows run, and s3s-fs's writes wait behind it.
+sync
 
 printf 'link: %s ms RTT, %s Mbit/s each way, TLS (stunnel); %s cores\n' "$RTT" "$MBIT" "$(nproc)"
 printf '%-32s %-10s %8s %6s %9s %6s %8s %8s\n' workload config "wall s" "CPU s" requests conns "RSS MiB" "floor s"
