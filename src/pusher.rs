@@ -16,10 +16,10 @@ use crate::glob::first_match;
 use crate::nix::local::LocalNix;
 use crate::nix::store_path::StorePath;
 use crate::pending::PendingList;
-use crate::push::{self, human_bytes, Event};
+use crate::push::{self, Event};
 use crate::pushlog::PushLog;
 use crate::queue::{self, PusherGuard, PusherState};
-use crate::session::{logger, open_target, summary};
+use crate::session::{logger, open_target, pushed_text, summary};
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Mutex;
@@ -236,13 +236,7 @@ fn event_log<'a>(
             } => {
                 plog.write(
                     "pushed",
-                    &format!(
-                        "{path}: {} → {} {} in {:.1} s",
-                        human_bytes(*nar_size),
-                        human_bytes(*file_size),
-                        compression.name(),
-                        elapsed.as_secs_f64()
-                    ),
+                    &pushed_text(path, *nar_size, *file_size, *compression, *elapsed),
                 );
                 Some(*path)
             }

@@ -72,6 +72,24 @@ pub(crate) fn open_target(config: &Config) -> Result<Opened> {
     Ok(Opened { cache, opts })
 }
 
+/// `PATH: 1.2 MiB → 300.0 KiB zstd in 0.4 s`: a pushed path, on the console and in
+/// STATE/log alike.
+pub(crate) fn pushed_text(
+    path: &str,
+    nar_size: u64,
+    file_size: u64,
+    compression: crate::compress::Compression,
+    elapsed: std::time::Duration,
+) -> String {
+    format!(
+        "{path}: {} → {} {} in {:.1} s",
+        human_bytes(nar_size),
+        human_bytes(file_size),
+        compression.name(),
+        elapsed.as_secs_f64()
+    )
+}
+
 /// The per-path lines, as they happen.
 pub(crate) fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
     move |ev: &Event| match ev {
@@ -83,11 +101,8 @@ pub(crate) fn logger(config: &Config) -> impl Fn(&Event) + Sync + '_ {
             elapsed,
         } if !config.quiet => {
             println!(
-                "pushed {path}: {} → {} {} in {:.1} s",
-                human_bytes(*nar_size),
-                human_bytes(*file_size),
-                compression.name(),
-                elapsed.as_secs_f64()
+                "pushed {}",
+                pushed_text(path, *nar_size, *file_size, *compression, *elapsed)
             );
         }
         Event::Present { path } if config.verbose => {
