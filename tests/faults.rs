@@ -200,7 +200,8 @@ fn stalled_server_times_out_in_bounded_time() {
     let s = server();
     // Every request: accepted, then silence.
     let proxy = Proxy::start(s.port, |_: &Req| Action::Stall);
-    let paths = small_paths("stall", 20);
+    // More paths than HEADs in flight (at most 32), so some are never tried.
+    let paths = small_paths("stall", 40);
     let env = Env::new("stall", &s);
     let url = proxy.url(BUCKET, "&connect-timeout=1&io-timeout=2&retry-attempts=2");
     let (out, took) = env.hook(&url, &paths);
