@@ -157,19 +157,9 @@ pub struct CredentialSource {
     pub profile: Option<String>,
     /// `HOME`, for `~/.aws/credentials` and `~/.aws/config`.
     pub home: Option<PathBuf>,
-    /// The [`CREDENTIAL_VARIABLES`] that are set, as narpush found them.
+    /// The [`crate::creds::VARIABLES`] that are set, as narpush found them.
     vars: Vec<(&'static str, String)>,
 }
-
-/// The environment variables `creds::resolve` consults.
-const CREDENTIAL_VARIABLES: &[&str] = &[
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONFIG_FILE",
-];
 
 impl CredentialSource {
     fn locate(
@@ -181,7 +171,7 @@ impl CredentialSource {
             file,
             profile,
             home: env("HOME").map(PathBuf::from),
-            vars: CREDENTIAL_VARIABLES
+            vars: crate::creds::VARIABLES
                 .iter()
                 .filter_map(|&k| env(k).map(|v| (k, v)))
                 .collect(),

@@ -10,6 +10,17 @@ use crate::error::Error;
 pub use crate::s3::Credentials;
 use std::path::{Path, PathBuf};
 
+/// The environment variables [`resolve`] consults, and only these: `config` hands
+/// it a snapshot of them.
+pub const VARIABLES: &[&str] = &[
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+];
+
 /// What `resolve` is asked for.
 #[derive(Clone, Debug, Default)]
 pub struct Request<'a> {
@@ -131,12 +142,6 @@ pub fn resolve(
          or pass --credentials-file",
         looked.join(", ")
     )))
-}
-
-/// Resolve with the process environment and `$HOME`.
-pub fn resolve_from_env(req: &Request<'_>) -> Result<Credentials, Error> {
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    resolve(req, &|k| std::env::var(k).ok(), home.as_deref())
 }
 
 /// One `[section]` of an INI file, keys lowercased, with line numbers.
@@ -322,6 +327,25 @@ fn parse_env_file(text: &str, path: &Path) -> Result<Vec<(String, String)>, Erro
 mod tests {
     use super::*;
     use std::collections::HashMap;
+
+    #[test]
+    fn resolve_asks_for_no_variable_but_those_listed() {
+        let asked = std::sync::Mutex::new(Vec::new());
+        let env = |k: &str| {
+            asked.lock().unwrap().push(k.to_string());
+            None
+        };
+        let req = Request {
+            credentials_file: None,
+            profile: Some("p"),
+        };
+        let _ = resolve(&req, &env, Some(Path::new("/nonexistent-home")));
+        let asked = asked.into_inner().unwrap();
+        assert!(!asked.is_empty());
+        for k in &asked {
+            assert!(VARIABLES.contains(&k.as_str()), "{k} is not in VARIABLES");
+        }
+    }
 
     struct Dir(PathBuf);
     impl Dir {
