@@ -6,7 +6,8 @@
 //! (`<Code>`, `<Message>`) with the operation, key, bucket and endpoint
 //! ([`S3Error`]); transient ones are retried with capped exponential backoff and full
 //! jitter inside a total time budget. Credentials and signatures never appear in an
-//! error or a log line ([`redact_authorization`]).
+//! error or a log line: errors carry the operation, key, bucket, endpoint and S3's
+//! answer, never a request's headers.
 
 use super::error::{S3Error, S3ErrorInfo, S3ErrorKind, TransportKind};
 use super::xml::{self, parse_http_date, parse_iso8601};
@@ -17,8 +18,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-pub use super::sigv4::redact_authorization;
 
 /// Idle connections kept for reuse, at most: more than any sensible `--jobs`; a pool
 /// only ever holds as many as were open at once.

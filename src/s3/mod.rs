@@ -18,13 +18,9 @@ pub(crate) mod tls;
 mod upload;
 mod xml;
 
-pub use client::{redact_authorization, Client, ObjectEntry, RetryPolicy, S3Config};
+pub use client::{Client, ObjectEntry, RetryPolicy, S3Config};
 pub use credentials::Credentials;
 pub use endpoint::{validate_bucket, Endpoint, Scheme};
-pub use error::{S3Error, S3ErrorInfo, S3ErrorKind, TransportKind};
+pub use error::{S3Error, S3ErrorKind, TransportKind};
 pub use tls::TrustError;
-pub use upload::{
-    part_size_for, parts_in_flight, OnCreate, StreamingUpload, MAX_PARTS, MAX_PART_SIZE,
-    MIN_PART_SIZE,
-};
-pub use xml::{parse_http_date, parse_iso8601};
+pub use upload::{parts_in_flight, StreamingUpload, MAX_PART_SIZE, MIN_PART_SIZE};
