@@ -13,7 +13,7 @@
 # answers nothing). Each hook is timed by a wrapper; the table gives the median and
 # the maximum per hook and the whole nix-build. --wait with the server frozen costs
 # about a minute per hook, so that row builds only WAIT_STALLED derivations (3).
-# Results go to stdout and bench/results.md.
+# Results go to stdout and replace this script's section of bench/results.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NARPUSH=${NARPUSH:-$PWD/target/release/narpush}
@@ -131,8 +131,6 @@ run "nix copy (manual's script, file://)" up nixcopy "$N"
 run "narpush --wait, server frozen" frozen wait "$WAIT_STALLED"
 
 {
-    echo "# Benchmarks"
-    echo
     echo "## Build-loop cost of the post-build hook (scripts/bench-hook.sh)"
     echo
     echo "nix-build of N derivations, each writing a ${SIZE} MiB random output, one at a time"
@@ -144,5 +142,25 @@ run "narpush --wait, server frozen" frozen wait "$WAIT_STALLED"
     echo "| hook | builds | per hook, median | per hook, max | nix-build |"
     echo "|---|---|---|---|---|"
     printf '%s\n' "${rows[@]}"
-} > "$OUT"
-echo "written to $OUT"
+} > "$work/section.md"
+cat "$work/section.md"
+# Replace this script's section of $OUT (up to the next "## " heading), leaving the
+# other benchmarks' sections as they are; a new file gets a title first.
+python3 - "$OUT" "$work/section.md" <<'PY'
+import sys
+out, section = sys.argv[1], open(sys.argv[2]).read().rstrip("\n") + "\n"
+head = "## Build-loop cost of the post-build hook"
+try:
+    text = open(out).read()
+except FileNotFoundError:
+    text = "# Benchmarks\n\n"
+start = text.find(head)
+if start < 0:
+    text = text.rstrip("\n") + "\n\n" + section
+else:
+    end = text.find("\n## ", start + len(head))
+    rest = text[end + 1:] if end >= 0 else ""
+    text = text[:start] + section + ("\n" + rest if rest else "")
+open(out, "w").write(text)
+PY
+echo "its section of $OUT replaced"

@@ -905,7 +905,10 @@ impl Client {
                 .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
                 .and_then(|(_, v)| v.trim().parse::<u64>().ok());
             let wait = call.patience.unwrap_or(cfg.io_timeout);
-            let deadline = Instant::now() + body_deadline(wait, length.unwrap_or(limit));
+            // A body of unknown length (chunked) is given the time of the largest
+            // one narpush reads whole: an error body, or a listing page.
+            let deadline = Instant::now()
+                + body_deadline(wait, length.unwrap_or(limit.min(UNKNOWN_BODY_BUDGET)));
             let reader = resp.into_body().into_reader();
             if let Err(e) = read_until(reader.take(limit), &mut body, deadline) {
                 let kind = if e.kind() == std::io::ErrorKind::TimedOut
@@ -967,6 +970,10 @@ impl Client {
 /// `io-timeout`: a server that trickles a byte now and then never trips a per-read
 /// timeout, so the whole body gets a deadline too.
 const MIN_BODY_RATE: u64 = 32 * 1024;
+
+/// The size a body without a Content-Length is given time for: more than a page of
+/// 1,000 listed keys, far less than a NAR (whose ranges always come with a length).
+const UNKNOWN_BODY_BUDGET: u64 = 4 << 20;
 
 /// How long a body of `len` bytes (or at most `len`, when the server did not say)
 /// may take to arrive: `wait` plus `len` at [`MIN_BODY_RATE`].
