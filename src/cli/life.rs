@@ -2,8 +2,8 @@
 //! options (the settings they share with `push` come from the settings table), their
 //! help texts, and the age syntax of `gc` (a duration that must have a unit).
 
-use super::{Args, RawCommand};
-use crate::error::{Error, Result};
+use super::{path_value, string_value, usage_in as usage, Args, RawCommand};
+use crate::error::Result;
 use crate::settings::{self, Id};
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -68,10 +68,6 @@ pub fn help_text(name: &str) -> &'static str {
     }
 }
 
-fn usage(cmd: &str, msg: impl std::fmt::Display) -> Error {
-    Error::Usage(format!("{msg}; see 'narpush {cmd} --help'"))
-}
-
 /// Parse `D` as a duration in seconds, as every narpush duration is parsed
 /// ([`crate::duration::parse`]: `30d`, `12h`, `2w`, `1d12h`), except that a bare
 /// number is refused here: an age without a unit is too easy to misread.
@@ -110,26 +106,8 @@ pub fn parse_args(cmd: &str, args: Vec<OsString>) -> Result<Args> {
     };
     let mut older_than = None;
     let le = |e: lexopt::Error| usage(cmd, e);
-    let string = |p: &mut lexopt::Parser, opt: &str| -> Result<String> {
-        let v = p.value().map_err(|e| usage(cmd, e))?;
-        let s = v.into_string().map_err(|v| {
-            usage(
-                cmd,
-                format!("{opt} {}: not valid UTF-8", v.to_string_lossy()),
-            )
-        })?;
-        if s.is_empty() {
-            return Err(usage(cmd, format!("{opt} needs a non-empty value")));
-        }
-        Ok(s)
-    };
-    let path = |p: &mut lexopt::Parser, opt: &str| -> Result<PathBuf> {
-        let v = p.value().map_err(|e| usage(cmd, e))?;
-        if v.is_empty() {
-            return Err(usage(cmd, format!("{opt} needs a non-empty path")));
-        }
-        Ok(PathBuf::from(v))
-    };
+    let string = |p: &mut lexopt::Parser, opt: &str| string_value(p, cmd, opt);
+    let path = |p: &mut lexopt::Parser, opt: &str| path_value(p, cmd, opt);
     let duration = |p: &mut lexopt::Parser, opt: &str| -> Result<u64> {
         let s = string(p, opt)?;
         parse_duration(&s).map_err(|e| usage(cmd, format!("{opt} {e}")))

@@ -199,7 +199,7 @@ fn lexopt_err(topic: Topic) -> impl Fn(lexopt::Error) -> Error {
     move |e| usage(topic, e)
 }
 
-fn string_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<String> {
+pub(super) fn string_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<String> {
     let v = parser.value().map_err(|e| usage_in(cmd, e))?;
     let s = v.into_string().map_err(|v| {
         usage_in(
@@ -213,7 +213,7 @@ fn string_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<
     Ok(s)
 }
 
-fn path_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<PathBuf> {
+pub(super) fn path_value(parser: &mut lexopt::Parser, cmd: &str, option: &str) -> Result<PathBuf> {
     let v = parser.value().map_err(|e| usage_in(cmd, e))?;
     if v.is_empty() {
         return Err(usage_in(cmd, format!("{option} needs a non-empty path")));
